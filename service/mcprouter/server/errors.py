@@ -1,0 +1,136 @@
+"""The exceptions the server raises, each mapped to one gRPC status code.
+
+Handlers raise these; one interceptor (``grpc_errors.ErrorTranslationInterceptor``)
+turns them into a ``google.rpc.Status`` with an ``ErrorInfo`` (and a
+``BadRequest`` for invalid input) at the edge. Anything else that escapes a
+handler is logged with its traceback and answered INTERNAL without details.
+
+    RouterError                      (UNKNOWN; never raised directly)
+    ├── InvalidArgument              INVALID_ARGUMENT + BadRequest field violations
+    ├── NotFound                     NOT_FOUND
+    ├── AlreadyExists                ALREADY_EXISTS
+    ├── FailedPrecondition           FAILED_PRECONDITION
+    ├── Aborted                      ABORTED (optimistic-concurrency conflict)
+    ├── ResourceExhausted            RESOURCE_EXHAUSTED
+    ├── Unimplemented                UNIMPLEMENTED (processor not landed/configured)
+    └── Unavailable                  UNAVAILABLE (store down, nothing stale to serve)
+        └── CacheUnavailable         UNAVAILABLE (a cache-only RPC while Redis is down)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+
+ERROR_DOMAIN = "mcprouter.v1"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field of a request: its path (``get_experiment.experiment_id``) and why."""
+
+    field: str
+    description: str
+
+
+class RouterError(Exception):
+    """Root of every error the server reports to a caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    default_reason: str = "UNKNOWN"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(RouterError):
+    """The request is malformed; ``violations`` name every bad field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        violations: list[FieldViolation],
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        if not violations:
+            raise ValueError("InvalidArgument needs at least one field violation")
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
+        if len(violations) > 5:
+            summary += f"; and {len(violations) - 5} more"
+        super().__init__(f"invalid request: {summary}", reason=reason, metadata=metadata)
+        self.violations = violations
+
+    @classmethod
+    def single(cls, field: str, description: str) -> InvalidArgument:
+        """Build the common one-violation error."""
+        return cls([FieldViolation(field, description)])
+
+
+class NotFound(RouterError):
+    """The requested entity does not exist in its store."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(RouterError):
+    """The entity to create exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(RouterError):
+    """The system is not in a state that allows the operation."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(RouterError):
+    """A concurrent change won (e.g. a stale optimistic-concurrency version)."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
+class ResourceExhausted(RouterError):
+    """A limit of the server was reached."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unimplemented(RouterError):
+    """The operation's processor has not landed or is not configured."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "PROCESSOR_NOT_AVAILABLE"
+
+
+class Unavailable(RouterError):
+    """A store failed and nothing stale could be served instead."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "STORE_UNAVAILABLE"
+
+
+class CacheUnavailable(Unavailable):
+    """Redis failed during an RPC that has no store to fall back to."""
+
+    default_reason = "CACHE_UNAVAILABLE"

@@ -1,0 +1,164 @@
+"""Cache key layout: one family per data type, built only from validated ids.
+
+Every key a client sees (``cache_key``, ``GetCached``, ``Invalidate``) is
+relative to the server's namespace prefix; ``KeySpace`` adds and strips the
+prefix at the Redis boundary, in one place.
+
+| family       | key                                                     |
+|--------------|---------------------------------------------------------|
+| experiment   | ``experiment:{experiment_id}``                          |
+| assignment   | ``assignment:{experiment_id}:{user_id}``                |
+| user         | ``user:{user_id}:profile``                              |
+| metrics      | ``metrics:{experiment_id}:{variant}:{metric}:{YYYYMMDDHH}`` |
+| analytics    | ``analytics:{experiment_id}:{YYYYMMDD}``                |
+| search       | ``search:{collection}:{sha256 of the query}``           |
+
+Internal keys (dedup markers, leases, counters) live in families clients can
+neither read nor invalidate.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from mcprouter.v1.serve_status_pb2 import DataType
+
+PUBLIC_FAMILIES: dict[str, DataType.ValueType] = {
+    "experiment": DataType.DATA_TYPE_EXPERIMENT,
+    "assignment": DataType.DATA_TYPE_ASSIGNMENT,
+    "user": DataType.DATA_TYPE_USER_PROFILE,
+    "metrics": DataType.DATA_TYPE_EVENT_METRICS,
+    "analytics": DataType.DATA_TYPE_ANALYTICS,
+    "search": DataType.DATA_TYPE_SEARCH,
+}
+FAMILY_OF_TYPE: dict[DataType.ValueType, str] = {v: k for k, v in PUBLIC_FAMILIES.items()}
+
+KEY_MAX_LENGTH = 512
+PATTERN_MAX_LENGTH = 256
+PATTERN_MAX_WILDCARDS = 8
+# A concrete key: a family, then ':'-separated identifier segments.
+_KEY_RE = re.compile(r"(?P<family>[a-z]+)(:[A-Za-z0-9_.\-]+)+")
+# A pattern: a literal family prefix, then segments that may hold globs.
+_PATTERN_RE = re.compile(r"(?P<family>[a-z]+):[A-Za-z0-9_.\-:*?\[\]]*")
+NAMESPACE_RE = re.compile(r"([A-Za-z0-9_.\-]{1,64}:)?")
+
+
+def experiment_key(experiment_id: str) -> str:
+    """Key of an experiment."""
+    return f"experiment:{experiment_id}"
+
+
+def assignment_key(experiment_id: str, user_id: str) -> str:
+    """Key of a user's assignment in an experiment."""
+    return f"assignment:{experiment_id}:{user_id}"
+
+
+def user_profile_key(user_id: str) -> str:
+    """Key of a user profile."""
+    return f"user:{user_id}:profile"
+
+
+def event_metrics_key(experiment_id: str, variant: str, metric: str, hour: datetime) -> str:
+    """Key of one metric of one variant for one UTC hour."""
+    return f"metrics:{experiment_id}:{variant}:{metric}:{hour:%Y%m%d%H}"
+
+
+def analytics_key(experiment_id: str, day: datetime) -> str:
+    """Key of one experiment's analytics for one UTC day."""
+    return f"analytics:{experiment_id}:{day:%Y%m%d}"
+
+
+def search_key(collection: str, query_digest: str) -> str:
+    """Key of one cached search (the digest is a hex sha256)."""
+    return f"search:{collection}:{query_digest}"
+
+
+def experiment_patterns(experiment_id: str) -> list[str]:
+    """Patterns of everything derived from an experiment, besides its own key."""
+    return [
+        f"assignment:{experiment_id}:*",
+        f"metrics:{experiment_id}:*",
+        f"analytics:{experiment_id}:*",
+    ]
+
+
+def user_patterns(user_id: str) -> list[str]:
+    """Patterns of everything derived from a user, besides the profile key."""
+    return [f"assignment:*:{user_id}"]
+
+
+def collection_pattern(collection: str) -> str:
+    """Pattern of every cached search of a collection."""
+    return f"search:{collection}:*"
+
+
+def family_of(key: str) -> DataType.ValueType | None:
+    """Data type of a well-formed public key, or ``None``."""
+    if len(key) > KEY_MAX_LENGTH:
+        return None
+    match = _KEY_RE.fullmatch(key)
+    if match is None:
+        return None
+    return PUBLIC_FAMILIES.get(match["family"])
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` is not a readable/removable public key, or ``None`` if it is."""
+    if not key:
+        return "is required"
+    if len(key) > KEY_MAX_LENGTH:
+        return f"must be at most {KEY_MAX_LENGTH} characters"
+    if family_of(key) is None:
+        families = ", ".join(f"{f}:" for f in PUBLIC_FAMILIES)
+        return (
+            "must be a key of a known family (" + families + ") made of "
+            "':'-separated segments from [A-Za-z0-9_.-], with no glob characters"
+        )
+    return None
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` may not be used for invalidation, or ``None`` if it may.
+
+    A pattern is confined to one key family by a literal prefix, and bounded in
+    length and wildcards, because user-supplied globs are a known
+    denial-of-service vector for Redis (CVE-2022-36021, CVE-2024-31228).
+    """
+    if not pattern:
+        return "is required"
+    if len(pattern) > PATTERN_MAX_LENGTH:
+        return f"must be at most {PATTERN_MAX_LENGTH} characters"
+    match = _PATTERN_RE.fullmatch(pattern)
+    if match is None or match["family"] not in PUBLIC_FAMILIES:
+        families = ", ".join(f"{f}:" for f in PUBLIC_FAMILIES)
+        return (
+            "must start with a literal key family prefix (" + families + ") and use only "
+            "[A-Za-z0-9_.-:] and the globs * ? [ ]; a bare '*' is not allowed"
+        )
+    if sum(pattern.count(c) for c in "*?[") > PATTERN_MAX_WILDCARDS:
+        return f"must hold at most {PATTERN_MAX_WILDCARDS} glob characters"
+    return None
+
+
+class KeySpace:
+    """Adds and strips the namespace prefix at the Redis boundary."""
+
+    def __init__(self, namespace: str = "") -> None:
+        if NAMESPACE_RE.fullmatch(namespace) is None:
+            raise ValueError(
+                "namespace must be empty or 1..64 characters of [A-Za-z0-9_.-] ending in ':'"
+            )
+        self.namespace = namespace
+
+    def redis_key(self, key: str) -> str:
+        """The Redis key of a client-visible key or pattern."""
+        return self.namespace + key
+
+    def internal(self, family: str, *parts: str) -> str:
+        """A Redis key of an internal family (dedup, lease, ...)."""
+        return self.namespace + ":".join((f"_{family}", *parts))
+
+    def client_key(self, redis_key: str) -> str:
+        """The client-visible form of a Redis key."""
+        return redis_key.removeprefix(self.namespace)
