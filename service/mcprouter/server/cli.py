@@ -1,0 +1,82 @@
+"""The ``mcp-router`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from mcprouter.server.config import Settings, describe_settings
+
+
+def _settings_epilog() -> str:
+    rows = describe_settings()
+    width = max(len(name) for name, _, _ in rows)
+    lines = ["configuration (environment variables, or a .env file in the working directory):"]
+    for name, default, description in rows:
+        lines.append(f"  {name:<{width}}  {description} [default: {default}]")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcp-router",
+        description="gRPC data router for an experimentation platform.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the gRPC server. Store URLs left unset start embedded servers.",
+        epilog=_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--env-file", help="read settings from this file instead of ./.env")
+    return parser
+
+
+def _load_settings(env_file: str | None) -> Settings:
+    try:
+        if env_file is not None:
+            return Settings(_env_file=env_file)
+        return Settings()
+    except ValidationError as exc:
+        sys.exit(f"mcp-router: invalid configuration:\n{exc}")
+
+
+def _run(coro_factory: object) -> None:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(coro_factory)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    settings = _load_settings(args.env_file)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pgserver logs every command it runs at INFO; keep its warnings only.
+    logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.command == "serve":
+        from mcprouter.server.server import serve
+
+        os.makedirs(settings.data_dir, exist_ok=True)
+        _run(serve(settings))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,106 @@
+"""Settings: read once from the environment (and an optional ``.env``), then frozen.
+
+Every field is documented here; ``mcp-router serve --help`` and the README's
+configuration table are generated from / checked against these descriptions.
+A store URL left unset selects the embedded default for that store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mcprouter.server.keys import NAMESPACE_RE
+
+
+class Settings(BaseSettings):
+    """Configuration of one mcp-router process."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    listen_address: str = Field(
+        "localhost:50051", description="host:port the gRPC server listens on."
+    )
+    data_dir: Path = Field(
+        Path(".mcp-router"), description="Folder for the embedded servers' data and logs."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL, e.g. redis://host:6379/0. Unset: embedded Valkey."
+    )
+    redis_pool_size: int = Field(
+        64, ge=1, le=10_000, description="Maximum Redis connections; callers wait for one."
+    )
+    redis_timeout_ms: int = Field(
+        250, ge=10, le=60_000, description="Redis socket and connect timeout (fail fast)."
+    )
+    redis_pool_timeout_ms: int = Field(
+        500, ge=10, le=60_000, description="How long a caller waits for a free Redis connection."
+    )
+    postgres_dsn: str | None = Field(
+        None, description="PostgreSQL DSN, e.g. postgresql://u:p@host/db. Unset: embedded."
+    )
+    postgres_pool_size: int = Field(
+        10, ge=1, le=1_000, description="Maximum PostgreSQL connections."
+    )
+    clickhouse_url: str | None = Field(
+        None,
+        description="ClickHouse URL (http://host:8123 or chdb:///path); read by the "
+        "ClickHouse processor, which has not landed yet.",
+    )
+    chroma_url: str | None = Field(
+        None,
+        description="Chroma server URL (http://host:8000); read by the Chroma processor, "
+        "which has not landed yet.",
+    )
+    key_namespace: str = Field(
+        "", description="Prefix in front of every Redis key, e.g. 'prod:' (must end in ':')."
+    )
+    ttl_experiment_s: int = Field(86_400, ge=1, description="Freshness of cached experiments.")
+    ttl_assignment_s: int = Field(3_600, ge=1, description="Freshness of cached assignments.")
+    ttl_user_profile_s: int = Field(1_800, ge=1, description="Freshness of cached profiles.")
+    ttl_event_metrics_s: int = Field(900, ge=1, description="Freshness of cached hourly metrics.")
+    ttl_analytics_s: int = Field(7_200, ge=1, description="Freshness of cached daily analytics.")
+    ttl_search_s: int = Field(600, ge=1, description="Freshness of cached semantic searches.")
+    health_probe_interval_s: float = Field(
+        2.0, gt=0, le=300, description="Seconds between backend health probes."
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, le=600, description="Seconds in-flight RPCs get to finish on SIGTERM."
+    )
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request or response message accepted."
+    )
+    log_level: str = Field("INFO", description="Logging level (DEBUG, INFO, WARNING, ERROR).")
+
+    @field_validator("key_namespace")
+    @classmethod
+    def _namespace_shape(cls, value: str) -> str:
+        if NAMESPACE_RE.fullmatch(value) is None:
+            raise ValueError("must be empty or 1..64 characters of [A-Za-z0-9_.-] ending in ':'")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(ENV_VAR, default, description) for every setting, in declaration order."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        default = info.get_default()
+        shown = "(unset)" if default is None else str(default)
+        rows.append((name.upper(), shown if shown else "(empty)", info.description or ""))
+    return rows

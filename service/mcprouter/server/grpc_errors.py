@@ -1,0 +1,98 @@
+"""Translates exceptions into gRPC statuses once, at the edge.
+
+A ``RouterError`` becomes its status code with a ``google.rpc.Status`` carrying
+an ``ErrorInfo`` (stable ``reason``, fixed ``domain``, dynamic ``metadata``)
+and, for bad input, a ``BadRequest`` with one field violation per bad field.
+Any other exception is a bug: it is logged with its traceback and the caller
+gets INTERNAL with no internals in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from mcprouter.server.errors import ERROR_DOMAIN, InvalidArgument, RouterError
+
+log = logging.getLogger(__name__)
+
+
+def to_rpc_status(error: RouterError) -> grpc.Status:
+    """The rich gRPC status of an error."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    details = [_pack(info)]
+    if isinstance(error, InvalidArgument):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        details.append(_pack(bad_request))
+    status = status_pb2.Status(
+        code=error.code.value[0], message=error.message, details=details
+    )
+    return rpc_status.to_status(status)
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def _translating(behavior: Behavior, method: str) -> Behavior:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except RouterError as error:
+            await _abort(context, to_rpc_status(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", method)
+            internal = status_pb2.Status(
+                code=code_pb2.INTERNAL, message="internal error; see the server log"
+            )
+            await _abort(context, rpc_status.to_status(internal))
+
+    return wrapper
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
+    # Equivalent to abort_with_status, which the type stubs lack.
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class ErrorTranslationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps every unary-unary handler with the translation above."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        """Wrap the method's handler so its errors become rich statuses."""
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            _translating(handler.unary_unary, handler_call_details.method),  # type: ignore[arg-type]
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,95 @@
+"""Health: the standard ``grpc.health.v1`` service, kept current by a probe.
+
+Service names reported:
+
+- ``""`` (overall) and ``mcprouter.v1.RouterService``: SERVING while the
+  process accepts work; NOT_SERVING once shutdown starts. They deliberately do
+  *not* follow the backends: reads fail open to the stores and serve stale
+  data when a store is down, and every instance shares the same Redis and
+  stores, so pulling instances out of rotation for a shared backend's outage
+  would turn a partial degradation into a full one.
+- one name per backend (``redis``, ``postgres``, ...): SERVING when its probe
+  answered within the timeout, NOT_SERVING otherwise; watch these to alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[], Awaitable[object]]
+ROUTER_SERVICE = "mcprouter.v1.RouterService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthMonitor:
+    """Probes each backend on an interval and publishes the results."""
+
+    def __init__(
+        self,
+        servicer: health_aio.HealthServicer,
+        probes: Mapping[str, Probe],
+        *,
+        interval_s: float,
+        timeout_s: float,
+    ) -> None:
+        self.servicer = servicer
+        self._probes = dict(probes)
+        self._interval = interval_s
+        self._timeout = timeout_s
+        self._task: asyncio.Task[None] | None = None
+        self.backend_status: dict[str, int] = {}
+
+    async def start(self) -> None:
+        """Publish SERVING for the service, probe once, then keep probing."""
+        for name in ("", ROUTER_SERVICE):
+            await self.servicer.set(name, SERVING)
+        await self.probe_once()
+        self._task = asyncio.create_task(self._run(), name="health-probe")
+
+    async def probe_once(self) -> None:
+        """Probe every backend concurrently and publish each status."""
+        names = list(self._probes)
+        results = await asyncio.gather(*(self._probe(n) for n in names))
+        for name, healthy in zip(names, results, strict=True):
+            status = SERVING if healthy else NOT_SERVING
+            if self.backend_status.get(name) != status:
+                log.log(
+                    logging.INFO if healthy else logging.WARNING,
+                    "backend %s is %s",
+                    name,
+                    "SERVING" if healthy else "NOT_SERVING",
+                )
+            self.backend_status[name] = status
+            await self.servicer.set(name, status)
+
+    async def _probe(self, name: str) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._probes[name]()
+        except Exception as exc:  # any failure means "not serving"
+            log.debug("probe %s failed: %s", name, exc)
+            return False
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.probe_once()
+
+    async def shutdown(self) -> None:
+        """Stop probing and report NOT_SERVING everywhere (shutdown has begun)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.servicer.enter_graceful_shutdown()

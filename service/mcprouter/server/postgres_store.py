@@ -1,0 +1,366 @@
+"""PostgreSQL store: experiments, user profiles and sticky assignments.
+
+Knows SQL and protobuf, nothing about caching or gRPC. Every public method
+returns generated proto messages with their timestamps filled.
+
+Writes use optimistic concurrency on ``version``: ``0`` creates (1 is the
+first stored version), any other value updates only the row still at that
+version and bumps it by one. Each write is one SQL statement, which
+PostgreSQL runs atomically as its own transaction; an explicit BEGIN/COMMIT
+would add two round trips and no safety. Only when that statement changed
+nothing does a second read explain why (missing row, stale version, changed
+salt), with a fresh snapshot so the reported ``current_version`` is the
+latest one.
+
+The experiment's salt is set on create (server-generated when empty) and is
+immutable: an update may send it empty or unchanged; a different salt is
+INVALID_ARGUMENT (reason ``SALT_IMMUTABLE``) rather than silently ignored,
+since a caller that tries to re-salt expects users to move, and they would not.
+
+Connection failures (asyncpg errors, ``OSError``, a closed pool) propagate
+unchanged: the cache core decides whether to serve stale data or fail.
+
+The pool must decode ``jsonb`` to Python objects (``postgres_pool.create_pool``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+from asyncpg import Record
+
+from mcprouter.server import errors
+from mcprouter.server.assignment import MAX_WEIGHT, MIN_WEIGHT, assign
+from mcprouter.server.validation import Violations
+from mcprouter.v1.experiment_pb2 import (
+    Assignment,
+    Experiment,
+    ExperimentStatus,
+    UserProfile,
+    Variant,
+)
+
+MAX_VARIANTS = 100
+MAX_NAME_LENGTH = 256
+MAX_DESCRIPTION_LENGTH = 4096
+MAX_SALT_LENGTH = 64
+MAX_ATTRIBUTES = 256
+MAX_ATTRIBUTE_KEY_LENGTH = 128
+MAX_ATTRIBUTE_VALUE_LENGTH = 4096
+
+# Stored as short lower-case words so the table reads well in psql.
+_STATUS_TO_DB: dict[ExperimentStatus.ValueType, str] = {
+    ExperimentStatus.EXPERIMENT_STATUS_DRAFT: "draft",
+    ExperimentStatus.EXPERIMENT_STATUS_RUNNING: "running",
+    ExperimentStatus.EXPERIMENT_STATUS_PAUSED: "paused",
+    ExperimentStatus.EXPERIMENT_STATUS_COMPLETED: "completed",
+}
+_STATUS_FROM_DB = {text: status for status, text in _STATUS_TO_DB.items()}
+
+_EXPERIMENT_COLUMNS = (
+    "experiment_id, name, description, status, salt, variants, version, created_at, updated_at"
+)
+_PROFILE_COLUMNS = "user_id, attributes, version, created_at, updated_at"
+
+_SELECT_EXPERIMENTS = f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE experiment_id = ANY($1)"
+_INSERT_EXPERIMENT = f"""
+INSERT INTO experiments (experiment_id, name, description, status, salt, variants, version)
+VALUES ($1, $2, $3, $4, $5, $6, 1)
+ON CONFLICT (experiment_id) DO NOTHING
+RETURNING {_EXPERIMENT_COLUMNS}
+"""
+_UPDATE_EXPERIMENT = f"""
+UPDATE experiments
+SET name = $2, description = $3, status = $4, variants = $6,
+    version = version + 1, updated_at = now()
+WHERE experiment_id = $1 AND version = $7 AND ($5 = '' OR salt = $5)
+RETURNING {_EXPERIMENT_COLUMNS}
+"""
+_SELECT_PROFILES = f"SELECT {_PROFILE_COLUMNS} FROM user_profiles WHERE user_id = ANY($1)"
+_INSERT_PROFILE = f"""
+INSERT INTO user_profiles (user_id, attributes, version) VALUES ($1, $2, 1)
+ON CONFLICT (user_id) DO NOTHING
+RETURNING {_PROFILE_COLUMNS}
+"""
+_UPDATE_PROFILE = f"""
+UPDATE user_profiles SET attributes = $2, version = version + 1, updated_at = now()
+WHERE user_id = $1 AND version = $3
+RETURNING {_PROFILE_COLUMNS}
+"""
+# The experiment and the user's existing assignment in one round trip.
+_READ_FOR_ASSIGNMENT = """
+SELECT e.status, e.salt, e.variants, a.variant, a.bucket, a.assigned_at
+FROM experiments e
+LEFT JOIN assignments a ON a.experiment_id = e.experiment_id AND a.user_id = $2
+WHERE e.experiment_id = $1
+"""
+# Re-checks RUNNING at insert time, so a pause between read and insert wins.
+_INSERT_ASSIGNMENT = """
+INSERT INTO assignments (experiment_id, user_id, variant, bucket)
+SELECT experiment_id, $2, $3, $4 FROM experiments
+WHERE experiment_id = $1 AND status = 'running'
+ON CONFLICT (experiment_id, user_id) DO NOTHING
+RETURNING variant, bucket, assigned_at
+"""
+
+
+def validate_experiment(exp: Experiment, field: str = "experiment") -> None:
+    """Check an experiment before it is stored.
+
+    Args:
+        exp: The experiment to upsert.
+        field: Path of the message in the request, prefixed to violations.
+
+    Raises:
+        errors.InvalidArgument: Listing every bad field.
+    """
+    v = Violations()
+    v.identifier(f"{field}.experiment_id", exp.experiment_id)
+    v.text(f"{field}.name", exp.name, MAX_NAME_LENGTH)
+    v.text(f"{field}.description", exp.description, MAX_DESCRIPTION_LENGTH)
+    if exp.status not in _STATUS_TO_DB:
+        v.add(f"{field}.status", "must be DRAFT, RUNNING, PAUSED or COMPLETED")
+    v.count(f"{field}.variants", len(exp.variants), 1, MAX_VARIANTS)
+    seen: set[str] = set()
+    for index, variant in enumerate(exp.variants):
+        path = f"{field}.variants[{index}]"
+        # Variant names become cache-key segments (metrics keys).
+        v.identifier(f"{path}.name", variant.name)
+        if variant.name in seen:
+            v.add(f"{path}.name", f"duplicates variant {variant.name!r}")
+        seen.add(variant.name)
+        if not MIN_WEIGHT <= variant.weight <= MAX_WEIGHT:
+            v.add(f"{path}.weight", f"must be in {MIN_WEIGHT}..{MAX_WEIGHT}")
+    if exp.version < 0:
+        v.add(f"{field}.version", "must be 0 (create) or the version read")
+    if exp.salt:
+        v.text(f"{field}.salt", exp.salt, MAX_SALT_LENGTH)
+    v.raise_if_any()
+
+
+def validate_user_profile(profile: UserProfile, field: str = "profile") -> None:
+    """Check a user profile before it is stored.
+
+    Args:
+        profile: The profile to upsert.
+        field: Path of the message in the request, prefixed to violations.
+
+    Raises:
+        errors.InvalidArgument: Listing every bad field.
+    """
+    v = Violations()
+    v.identifier(f"{field}.user_id", profile.user_id)
+    if len(profile.attributes) > MAX_ATTRIBUTES:
+        v.add(f"{field}.attributes", f"must hold at most {MAX_ATTRIBUTES} entries")
+    for key, value in profile.attributes.items():
+        if not 1 <= len(key) <= MAX_ATTRIBUTE_KEY_LENGTH:
+            v.add(f"{field}.attributes", f"keys must be 1..{MAX_ATTRIBUTE_KEY_LENGTH} characters")
+        v.text(f"{field}.attributes[{key[:32]!r}]", value, MAX_ATTRIBUTE_VALUE_LENGTH)
+    if profile.version < 0:
+        v.add(f"{field}.version", "must be 0 (create) or the version read")
+    v.raise_if_any()
+
+
+def _experiment_from_row(row: Record) -> Experiment:
+    exp = Experiment(
+        experiment_id=row["experiment_id"],
+        name=row["name"],
+        description=row["description"],
+        status=_STATUS_FROM_DB[row["status"]],
+        variants=[Variant(name=v["name"], weight=v["weight"]) for v in row["variants"]],
+        version=row["version"],
+        salt=row["salt"],
+    )
+    exp.created_at.FromDatetime(row["created_at"])
+    exp.updated_at.FromDatetime(row["updated_at"])
+    return exp
+
+
+def _profile_from_row(row: Record) -> UserProfile:
+    profile = UserProfile(
+        user_id=row["user_id"], attributes=row["attributes"], version=row["version"]
+    )
+    profile.created_at.FromDatetime(row["created_at"])
+    profile.updated_at.FromDatetime(row["updated_at"])
+    return profile
+
+
+def _assignment_from_row(experiment_id: str, user_id: str, row: Record) -> Assignment:
+    out = Assignment(
+        experiment_id=experiment_id, user_id=user_id, variant=row["variant"], bucket=row["bucket"]
+    )
+    out.assigned_at.FromDatetime(row["assigned_at"])
+    return out
+
+
+def _version_conflict(kind: str, key: str, expected: int, current: int) -> errors.Aborted:
+    return errors.Aborted(
+        f"{kind} {key!r} is at version {current}, not {expected}: re-read and retry",
+        reason="VERSION_CONFLICT",
+        metadata={"id": key, "expected_version": str(expected), "current_version": str(current)},
+    )
+
+
+def _not_found(kind: str, key: str) -> errors.NotFound:
+    return errors.NotFound(
+        f"{kind} {key!r} does not exist; create it with version 0",
+        reason=f"{kind.upper().replace(' ', '_')}_NOT_FOUND",
+        metadata={"id": key},
+    )
+
+
+class PostgresStore:
+    """Experiments, profiles and assignments in PostgreSQL, as proto messages.
+
+    Borrows the pool (the caller opens and closes it).
+
+    Attributes:
+        queries: Store method calls that reached PostgreSQL (not SQL
+            statements): a cache hit in front of the store leaves it unchanged.
+    """
+
+    def __init__(self, pool: asyncpg.Pool[Record]) -> None:
+        self._pool = pool
+        self.queries = 0
+
+    async def get_experiment(self, experiment_id: str) -> Experiment | None:
+        """The experiment, or ``None`` when it does not exist."""
+        return (await self.get_experiments([experiment_id])).get(experiment_id)
+
+    async def get_experiments(self, ids: Sequence[str]) -> dict[str, Experiment]:
+        """The experiments that exist among ``ids``, by id, in one query."""
+        if not ids:
+            return {}
+        self.queries += 1
+        rows = await self._pool.fetch(_SELECT_EXPERIMENTS, list(dict.fromkeys(ids)))
+        return {row["experiment_id"]: _experiment_from_row(row) for row in rows}
+
+    async def upsert_experiment(self, exp: Experiment) -> Experiment:
+        """Create (``version == 0``) or update (``version`` = the one read) an experiment.
+
+        Returns:
+            The stored experiment with its new version, salt and timestamps.
+
+        Raises:
+            errors.InvalidArgument: Bad fields, or an update changing the salt.
+            errors.Aborted: ``VERSION_CONFLICT``: created concurrently or stale version.
+            errors.NotFound: An update of an experiment that does not exist.
+        """
+        validate_experiment(exp)
+        key = exp.experiment_id
+        status = _STATUS_TO_DB[exp.status]
+        variants = [{"name": v.name, "weight": v.weight} for v in exp.variants]
+        self.queries += 1
+        async with self._pool.acquire() as conn:
+            if exp.version == 0:
+                salt = exp.salt or secrets.token_hex(8)
+                row = await conn.fetchrow(
+                    _INSERT_EXPERIMENT, key, exp.name, exp.description, status, salt, variants
+                )
+                if row is None:
+                    current = await conn.fetchval(
+                        "SELECT version FROM experiments WHERE experiment_id = $1", key
+                    )
+                    raise _version_conflict("experiment", key, 0, current or 0)
+                return _experiment_from_row(row)
+            args = (key, exp.name, exp.description, status, exp.salt, variants, exp.version)
+            row = await conn.fetchrow(_UPDATE_EXPERIMENT, *args)
+            if row is not None:
+                return _experiment_from_row(row)
+            found = await conn.fetchrow(
+                "SELECT version, salt FROM experiments WHERE experiment_id = $1", key
+            )
+        if found is None:
+            raise _not_found("experiment", key)
+        if exp.salt and exp.salt != found["salt"]:
+            raise errors.InvalidArgument(
+                [errors.FieldViolation("experiment.salt", "is immutable; send it empty")],
+                reason="SALT_IMMUTABLE",
+            )
+        raise _version_conflict("experiment", key, exp.version, found["version"])
+
+    async def get_user_profile(self, user_id: str) -> UserProfile | None:
+        """The profile, or ``None`` when it does not exist."""
+        return (await self.get_user_profiles([user_id])).get(user_id)
+
+    async def get_user_profiles(self, ids: Sequence[str]) -> dict[str, UserProfile]:
+        """The profiles that exist among ``ids``, by id, in one query."""
+        if not ids:
+            return {}
+        self.queries += 1
+        rows = await self._pool.fetch(_SELECT_PROFILES, list(dict.fromkeys(ids)))
+        return {row["user_id"]: _profile_from_row(row) for row in rows}
+
+    async def upsert_user_profile(self, profile: UserProfile) -> UserProfile:
+        """Create or update a profile; same version rules as ``upsert_experiment``.
+
+        Raises:
+            errors.InvalidArgument: Bad fields.
+            errors.Aborted: ``VERSION_CONFLICT``.
+            errors.NotFound: An update of a profile that does not exist.
+        """
+        validate_user_profile(profile)
+        key = profile.user_id
+        attributes: Mapping[str, Any] = dict(profile.attributes)
+        self.queries += 1
+        async with self._pool.acquire() as conn:
+            if profile.version == 0:
+                row = await conn.fetchrow(_INSERT_PROFILE, key, attributes)
+            else:
+                row = await conn.fetchrow(_UPDATE_PROFILE, key, attributes, profile.version)
+            if row is not None:
+                return _profile_from_row(row)
+            current = await conn.fetchval(
+                "SELECT version FROM user_profiles WHERE user_id = $1", key
+            )
+        if current is None and profile.version != 0:
+            raise _not_found("user profile", key)
+        raise _version_conflict("user profile", key, profile.version, current or 0)
+
+    async def get_or_create_assignment(self, experiment_id: str, user_id: str) -> Assignment | None:
+        """The user's sticky assignment, made on first call while the experiment runs.
+
+        An existing assignment is returned as stored, even if the weights have
+        changed since (that is what sticky means). One round trip when the
+        assignment exists, two when it is made.
+
+        Returns:
+            The assignment, or ``None`` when the experiment does not exist.
+
+        Raises:
+            errors.FailedPrecondition: ``EXPERIMENT_NOT_RUNNING`` (no assignment yet).
+            errors.Aborted: ``ASSIGNMENT_CONFLICT``: lost a race twice (not expected).
+        """
+        self.queries += 1
+        async with self._pool.acquire() as conn:
+            # A second pass only follows a lost race: the concurrent winner's
+            # row was not visible to the INSERT's snapshot, but a new
+            # statement sees it.
+            for _ in range(2):
+                row = await conn.fetchrow(_READ_FOR_ASSIGNMENT, experiment_id, user_id)
+                if row is None:
+                    return None
+                if row["variant"] is not None:
+                    return _assignment_from_row(experiment_id, user_id, row)
+                if row["status"] != "running":
+                    raise errors.FailedPrecondition(
+                        f"experiment {experiment_id!r} is {row['status']}, not running: "
+                        "it makes no new assignments",
+                        reason="EXPERIMENT_NOT_RUNNING",
+                        metadata={"experiment_id": experiment_id, "status": row["status"]},
+                    )
+                variants = [(v["name"], v["weight"]) for v in row["variants"]]
+                bucket, variant = assign(row["salt"], user_id, variants)
+                inserted = await conn.fetchrow(
+                    _INSERT_ASSIGNMENT, experiment_id, user_id, variant, bucket
+                )
+                if inserted is not None:
+                    return _assignment_from_row(experiment_id, user_id, inserted)
+        raise errors.Aborted(
+            f"assignment of {user_id!r} in {experiment_id!r} kept conflicting; retry",
+            reason="ASSIGNMENT_CONFLICT",
+            metadata={"experiment_id": experiment_id, "user_id": user_id},
+        )

@@ -1,0 +1,270 @@
+"""Validation of every RPC's request, before anything reaches a key or a query.
+
+Each check names the offending field by its path in the request (for example
+``track_events.events[3].value``) so the ``google.rpc.BadRequest`` a client
+gets points at the exact input to fix. Limits are module constants and are
+listed in the README.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mcprouter.server import keys
+from mcprouter.server.errors import InvalidArgument
+from mcprouter.server.validation import Violations
+from mcprouter.v1 import router_service_pb2 as rs
+from mcprouter.v1 import search_pb2 as search
+from mcprouter.v1.experiment_pb2 import ExperimentStatus
+
+MAX_KEYS_PER_CALL = 500
+MAX_EVENTS_PER_CALL = 1000
+MAX_ITEMS_PER_CALL = 1000
+MAX_DIMENSION = 4096
+MAX_K = 100
+MAX_VARIANTS = 20
+MAX_WEIGHT = 10_000
+MAX_FILTER_CONDITIONS = 16
+MAX_FILTER_VALUES = 100
+MAX_ATTRIBUTES = 64
+MAX_METADATA_ENTRIES = 32
+MAX_NAME_LENGTH = 256
+MAX_DESCRIPTION_LENGTH = 4096
+MAX_ATTRIBUTE_VALUE_LENGTH = 1024
+MAX_DOCUMENT_LENGTH = 65_536
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+# Clocks drift; an event "from the future" beyond this is a client bug.
+MAX_CLOCK_SKEW = timedelta(hours=1)
+
+_SCALAR_OPERATORS = {
+    search.FILTER_OPERATOR_EQ,
+    search.FILTER_OPERATOR_NE,
+    search.FILTER_OPERATOR_GT,
+    search.FILTER_OPERATOR_GTE,
+    search.FILTER_OPERATOR_LT,
+    search.FILTER_OPERATOR_LTE,
+}
+_LIST_OPERATORS = {search.FILTER_OPERATOR_IN, search.FILTER_OPERATOR_NOT_IN}
+
+
+def _timestamp(
+    v: Violations, field: str, ts: Timestamp, present: bool, *, now: datetime
+) -> datetime | None:
+    if not present:
+        v.add(field, "is required")
+        return None
+    if not 0 <= ts.nanos < 1_000_000_000:
+        v.add(field, "has nanos out of range")
+        return None
+    moment = ts.ToDatetime(tzinfo=UTC)
+    if moment < EARLIEST_TIME:
+        v.add(field, "must not be before 2000-01-01T00:00:00Z")
+    elif moment > now + MAX_CLOCK_SKEW:
+        v.add(field, "must not be more than 1 hour in the future")
+    return moment
+
+
+def _experiment_id(v: Violations, prefix: str, op: Any) -> None:
+    v.identifier(f"{prefix}.experiment_id", op.experiment_id)
+
+
+def _get_assignment(v: Violations, op: rs.GetAssignmentOperation, now: datetime) -> None:
+    v.identifier("get_assignment.experiment_id", op.experiment_id)
+    v.identifier("get_assignment.user_id", op.user_id)
+
+
+def _get_event_metrics(v: Violations, op: rs.GetEventMetricsOperation, now: datetime) -> None:
+    p = "get_event_metrics"
+    v.identifier(f"{p}.experiment_id", op.experiment_id)
+    v.identifier(f"{p}.variant", op.variant)
+    v.identifier(f"{p}.metric", op.metric)
+    hour = _timestamp(v, f"{p}.hour", op.hour, op.HasField("hour"), now=now)
+    if hour is not None and (hour.minute or hour.second or hour.microsecond):
+        v.add(f"{p}.hour", "must be truncated to the hour (UTC)")
+
+
+def _get_analytics(v: Violations, op: rs.GetAnalyticsOperation, now: datetime) -> None:
+    v.identifier("get_analytics.experiment_id", op.experiment_id)
+    day = _timestamp(v, "get_analytics.day", op.day, op.HasField("day"), now=now)
+    if day is not None and (day.hour or day.minute or day.second or day.microsecond):
+        v.add("get_analytics.day", "must be truncated to midnight (UTC)")
+
+
+def _vector(v: Violations, field: str, values: Any) -> None:
+    v.count(field, len(values), 1, MAX_DIMENSION)
+    # One pass finds the first bad component; a 4096-long list is cheap.
+    for index, component in enumerate(values):
+        if not math.isfinite(component):
+            v.add(f"{field}[{index}]", "must be a finite number")
+            break
+
+
+def _metadata_value(v: Violations, field: str, value: search.MetadataValue) -> None:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        v.add(field, "must set one of string_value, int_value, double_value, bool_value")
+    elif kind == "double_value":
+        v.finite(field, value.double_value)
+    elif kind == "string_value":
+        v.text(field, value.string_value, MAX_ATTRIBUTE_VALUE_LENGTH)
+
+
+def _filter(v: Violations, field: str, flt: search.MetadataFilter) -> None:
+    v.count(f"{field}.conditions", len(flt.conditions), 1, MAX_FILTER_CONDITIONS)
+    for i, cond in enumerate(flt.conditions[:MAX_FILTER_CONDITIONS]):
+        at = f"{field}.conditions[{i}]"
+        v.identifier(f"{at}.key", cond.key)
+        if cond.operator in _SCALAR_OPERATORS:
+            if not cond.HasField("value"):
+                v.add(f"{at}.value", "is required for this operator")
+            else:
+                _metadata_value(v, f"{at}.value", cond.value)
+        elif cond.operator in _LIST_OPERATORS:
+            v.count(f"{at}.values", len(cond.values), 1, MAX_FILTER_VALUES)
+            for j, item in enumerate(cond.values[:MAX_FILTER_VALUES]):
+                _metadata_value(v, f"{at}.values[{j}]", item)
+        else:
+            v.add(f"{at}.operator", "must be a known FILTER_OPERATOR_* value")
+
+
+def _semantic_search(v: Violations, op: rs.SemanticSearchOperation, now: datetime) -> None:
+    v.identifier("semantic_search.collection", op.collection)
+    _vector(v, "semantic_search.embedding", op.embedding)
+    if not 1 <= op.k <= MAX_K:
+        v.add("semantic_search.k", f"must be 1..{MAX_K}, got {op.k}")
+    if op.HasField("filter"):
+        _filter(v, "semantic_search.filter", op.filter)
+
+
+def _track_events(v: Violations, op: rs.TrackEventsOperation, now: datetime) -> None:
+    v.count("track_events.events", len(op.events), 1, MAX_EVENTS_PER_CALL)
+    for i, event in enumerate(op.events[:MAX_EVENTS_PER_CALL]):
+        at = f"track_events.events[{i}]"
+        for name in ("event_id", "experiment_id", "user_id", "variant", "event_type"):
+            v.identifier(f"{at}.{name}", getattr(event, name))
+        v.finite(f"{at}.value", event.value)
+        _timestamp(v, f"{at}.timestamp", event.timestamp, event.HasField("timestamp"), now=now)
+
+
+def _upsert_experiment(v: Violations, op: rs.UpsertExperimentOperation, now: datetime) -> None:
+    p = "upsert_experiment.experiment"
+    if not op.HasField("experiment"):
+        v.add(p, "is required")
+        return
+    exp = op.experiment
+    v.identifier(f"{p}.experiment_id", exp.experiment_id)
+    if not exp.name:
+        v.add(f"{p}.name", "is required")
+    v.text(f"{p}.name", exp.name, MAX_NAME_LENGTH)
+    v.text(f"{p}.description", exp.description, MAX_DESCRIPTION_LENGTH)
+    if exp.status not in ExperimentStatus.values() or exp.status == 0:
+        v.add(f"{p}.status", "must be a known EXPERIMENT_STATUS_* value other than UNSPECIFIED")
+    v.count(f"{p}.variants", len(exp.variants), 1, MAX_VARIANTS)
+    seen: set[str] = set()
+    for i, variant in enumerate(exp.variants[:MAX_VARIANTS]):
+        v.identifier(f"{p}.variants[{i}].name", variant.name)
+        if variant.name in seen:
+            v.add(f"{p}.variants[{i}].name", "must be unique within the experiment")
+        seen.add(variant.name)
+        if not 1 <= variant.weight <= MAX_WEIGHT:
+            v.add(f"{p}.variants[{i}].weight", f"must be 1..{MAX_WEIGHT}")
+    if exp.version < 0:
+        v.add(f"{p}.version", "must be 0 (create) or the version last read")
+    if exp.salt:
+        v.identifier(f"{p}.salt", exp.salt)
+
+
+def _upsert_user_profile(v: Violations, op: rs.UpsertUserProfileOperation, now: datetime) -> None:
+    p = "upsert_user_profile.profile"
+    if not op.HasField("profile"):
+        v.add(p, "is required")
+        return
+    v.identifier(f"{p}.user_id", op.profile.user_id)
+    v.count(f"{p}.attributes", len(op.profile.attributes), 0, MAX_ATTRIBUTES)
+    for name, value in op.profile.attributes.items():
+        v.identifier(f"{p}.attributes[{name!r}]", name)
+        v.text(f"{p}.attributes[{name!r}]", value, MAX_ATTRIBUTE_VALUE_LENGTH)
+    if op.profile.version < 0:
+        v.add(f"{p}.version", "must be 0 (create) or the version last read")
+
+
+def _upsert_embeddings(v: Violations, op: rs.UpsertEmbeddingsOperation, now: datetime) -> None:
+    p = "upsert_embeddings"
+    v.identifier(f"{p}.collection", op.collection)
+    v.count(f"{p}.items", len(op.items), 1, MAX_ITEMS_PER_CALL)
+    dimension = len(op.items[0].embedding) if op.items else 0
+    for i, item in enumerate(op.items[:MAX_ITEMS_PER_CALL]):
+        at = f"{p}.items[{i}]"
+        v.identifier(f"{at}.id", item.id)
+        _vector(v, f"{at}.embedding", item.embedding)
+        if len(item.embedding) != dimension:
+            v.add(f"{at}.embedding", f"has dimension {len(item.embedding)}, items[0] {dimension}")
+        if item.HasField("document"):
+            v.text(f"{at}.document", item.document, MAX_DOCUMENT_LENGTH)
+        v.count(f"{at}.metadata", len(item.metadata), 0, MAX_METADATA_ENTRIES)
+        for name, value in item.metadata.items():
+            v.identifier(f"{at}.metadata[{name!r}]", name)
+            _metadata_value(v, f"{at}.metadata[{name!r}]", value)
+
+
+_CHECKS: dict[str, Callable[[Violations, Any, datetime], None]] = {
+    "get_experiment": lambda v, op, now: _experiment_id(v, "get_experiment", op),
+    "get_assignment": _get_assignment,
+    "get_user_profile": lambda v, op, now: v.identifier("get_user_profile.user_id", op.user_id),
+    "get_event_metrics": _get_event_metrics,
+    "get_analytics": _get_analytics,
+    "semantic_search": _semantic_search,
+    "track_events": _track_events,
+    "upsert_experiment": _upsert_experiment,
+    "upsert_user_profile": _upsert_user_profile,
+    "upsert_embeddings": _upsert_embeddings,
+}
+
+
+def validate_route_data(request: rs.RouteDataRequest, *, now: datetime | None = None) -> str:
+    """Check a RouteData request; return its operation name (the oneof case)."""
+    case = request.WhichOneof("operation")
+    if case is None:
+        raise InvalidArgument.single(
+            "operation", "exactly one operation must be set (see RouteDataRequest.operation)"
+        )
+    violations = Violations()
+    _CHECKS[case](violations, getattr(request, case), now or datetime.now(UTC))
+    violations.raise_if_any()
+    return case
+
+
+def validate_get_cached(request: rs.GetCachedRequest) -> None:
+    """Check a GetCached request."""
+    v = Violations()
+    v.count("keys", len(request.keys), 1, MAX_KEYS_PER_CALL)
+    for i, key in enumerate(request.keys[:MAX_KEYS_PER_CALL]):
+        if problem := keys.key_problem(key):
+            v.add(f"keys[{i}]", problem)
+    v.raise_if_any()
+
+
+def validate_invalidate(request: rs.InvalidateRequest) -> str:
+    """Check an Invalidate request; return its target (the oneof case)."""
+    case = request.WhichOneof("target")
+    v = Violations()
+    if case is None:
+        v.add("target", "exactly one of keys, pattern, experiment_id, user_id, collection")
+    elif case == "keys":
+        v.count("keys.keys", len(request.keys.keys), 1, MAX_KEYS_PER_CALL)
+        for i, key in enumerate(request.keys.keys[:MAX_KEYS_PER_CALL]):
+            if problem := keys.key_problem(key):
+                v.add(f"keys.keys[{i}]", problem)
+    elif case == "pattern":
+        if problem := keys.pattern_problem(request.pattern):
+            v.add("pattern", problem)
+    else:
+        v.identifier(case, getattr(request, case))
+    v.raise_if_any()
+    assert case is not None  # raise_if_any raised otherwise
+    return case

@@ -1,0 +1,102 @@
+"""Builds response messages from what processors return (no logic beyond mapping)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.message import DecodeError, Message
+
+from mcprouter.server import keys
+from mcprouter.server.redis_processor import RawEntry, RedisFigures
+from mcprouter.server.router import RouteResult
+from mcprouter.server.stats import Outcome, StatsSnapshot
+from mcprouter.v1 import router_service_pb2 as rs
+from mcprouter.v1.cache_envelope_pb2 import CacheEnvelope
+from mcprouter.v1.events_pb2 import Analytics, EventMetrics
+from mcprouter.v1.experiment_pb2 import Assignment, Experiment, UserProfile
+from mcprouter.v1.search_pb2 import SearchResult
+from mcprouter.v1.serve_status_pb2 import DataType
+
+# The envelope layout this server writes and reads; other versions read as raw.
+ENVELOPE_SCHEMA_VERSION = 1
+
+# DataType -> (CachedEntry.value field, message class of the payload).
+VALUE_TYPES: dict[DataType.ValueType, tuple[str, type[Message]]] = {
+    DataType.DATA_TYPE_EXPERIMENT: ("experiment", Experiment),
+    DataType.DATA_TYPE_ASSIGNMENT: ("assignment", Assignment),
+    DataType.DATA_TYPE_USER_PROFILE: ("user_profile", UserProfile),
+    DataType.DATA_TYPE_EVENT_METRICS: ("event_metrics", EventMetrics),
+    DataType.DATA_TYPE_ANALYTICS: ("analytics", Analytics),
+    DataType.DATA_TYPE_SEARCH: ("search_result", SearchResult),
+}
+
+
+def route_response(result: RouteResult) -> rs.RouteDataResponse:
+    """The RouteData response of a processor's result."""
+    response = rs.RouteDataResponse(status=result.status, cache_key=result.cache_key)
+    if result.stored_at is not None:
+        response.stored_at.FromDatetime(result.stored_at)
+    getattr(response, result.result_field).CopyFrom(result.value)
+    return response
+
+
+def cached_entry(raw: RawEntry, *, now: datetime | None = None) -> rs.CachedEntry:
+    """A GetCached entry: decoded when the bytes are an envelope we understand."""
+    entry = rs.CachedEntry(key=raw.key, hit=raw.value is not None)
+    entry.data_type = keys.family_of(raw.key) or DataType.DATA_TYPE_UNSPECIFIED
+    if raw.value is None:
+        return entry
+    if raw.ttl_ms is not None:
+        entry.ttl_remaining.FromMilliseconds(raw.ttl_ms)
+    envelope = CacheEnvelope()
+    try:
+        envelope.ParseFromString(raw.value)
+    except DecodeError:
+        return entry
+    if envelope.schema_version != ENVELOPE_SCHEMA_VERSION or envelope.data_type not in VALUE_TYPES:
+        return entry
+    entry.data_type = envelope.data_type
+    entry.stored_at.CopyFrom(envelope.stored_at)
+    moment = now or datetime.now(UTC)
+    entry.fresh = envelope.fresh_until.ToDatetime(tzinfo=UTC) > moment
+    entry.not_found = envelope.not_found
+    if not envelope.not_found:
+        field, message_type = VALUE_TYPES[envelope.data_type]
+        try:
+            value = message_type.FromString(envelope.payload)
+        except DecodeError:
+            return entry
+        getattr(entry, field).CopyFrom(value)
+    return entry
+
+
+def get_cached_response(raws: list[RawEntry]) -> rs.GetCachedResponse:
+    """The GetCached response, one entry per key in request order."""
+    now = datetime.now(UTC)
+    entries = [cached_entry(raw, now=now) for raw in raws]
+    hits = sum(1 for e in entries if e.hit)
+    return rs.GetCachedResponse(entries=entries, hits=hits, misses=len(entries) - hits)
+
+
+def stats_response(snapshot: StatsSnapshot, figures: RedisFigures | None) -> rs.StatsResponse:
+    """The Stats response: process counters plus Redis figures when reachable."""
+    response = rs.StatsResponse(
+        hit_rate=snapshot.hit_rate,
+        total_operations=snapshot.total_operations,
+        store_queries_avoided=snapshot.store_queries_avoided,
+        dedup_hits=snapshot.dedup_hits,
+        invalidations=snapshot.invalidations,
+        redis_errors=snapshot.redis_errors,
+        redis_available=figures is not None,
+    )
+    response.started_at.FromDatetime(snapshot.started_at)
+    if figures is not None:
+        response.redis_used_memory_bytes = figures.used_memory_bytes
+        response.redis_key_count = figures.key_count
+    for data_type in VALUE_TYPES:
+        counts = snapshot.per_type.get(data_type, {})
+        stats = rs.DataTypeStats(data_type=data_type)
+        for outcome in Outcome:
+            setattr(stats, outcome.value, counts.get(outcome, 0))
+        response.data_types.append(stats)
+    return response

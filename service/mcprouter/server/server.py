@@ -1,0 +1,92 @@
+"""The gRPC server: services, reflection, health, limits and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from mcprouter.server.app import App, open_app
+from mcprouter.server.config import Settings
+from mcprouter.server.grpc_errors import ErrorTranslationInterceptor
+from mcprouter.server.health import HealthMonitor
+from mcprouter.server.servicer import RouterServicer
+from mcprouter.v1 import router_service_pb2, router_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# A probe that takes longer than this counts as a failure.
+PROBE_TIMEOUT_S = 1.0
+
+
+def build_server(app: App, health: health_aio.HealthServicer) -> grpc.aio.Server:
+    """A grpc.aio server with every service registered (not started)."""
+    limit = app.settings.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[ErrorTranslationInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ],
+    )
+    router_service_pb2_grpc.add_RouterServiceServicer_to_server(
+        RouterServicer(app.router, app.cache_ops, app.stats), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            router_service_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    return server
+
+
+async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully.
+
+    Shutdown order: health turns NOT_SERVING (load balancers stop sending),
+    the server stops accepting and gives in-flight RPCs ``shutdown_grace_s``,
+    then pools and embedded servers close (``open_app``'s exit).
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_app(settings) as app:
+        health = health_aio.HealthServicer()
+        monitor = HealthMonitor(
+            health,
+            app.probes,
+            interval_s=settings.health_probe_interval_s,
+            timeout_s=PROBE_TIMEOUT_S,
+        )
+        server = build_server(app, health)
+        port = server.add_insecure_port(settings.listen_address)
+        if port == 0:
+            raise RuntimeError(f"could not listen on {settings.listen_address}")
+        await server.start()
+        try:
+            await monitor.start()
+            log.info(
+                "mcp-router serving on %s (port %d); operations: %s",
+                settings.listen_address,
+                port,
+                ", ".join(sorted(app.router.operations)) or "none",
+            )
+            if on_ready is not None:
+                on_ready(port)
+            await stop.wait()
+            log.info("shutdown requested; draining for up to %.1fs", settings.shutdown_grace_s)
+        finally:
+            await monitor.shutdown()
+            await server.stop(settings.shutdown_grace_s)
+            log.info("server stopped")
