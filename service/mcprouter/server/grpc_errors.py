@@ -39,9 +39,7 @@ def to_rpc_status(error: RouterError) -> grpc.Status:
             ]
         )
         details.append(_pack(bad_request))
-    status = status_pb2.Status(
-        code=error.code.value[0], message=error.message, details=details
-    )
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
     return rpc_status.to_status(status)
 
 

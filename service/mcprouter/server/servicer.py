@@ -67,9 +67,7 @@ class RouterServicer(rs_grpc.RouterServiceServicer):
             removed = await ops.invalidate_collection(request.collection)
         return rs.InvalidateResponse(removed=removed)
 
-    async def Stats(
-        self, request: rs.StatsRequest, context: Context
-    ) -> rs.StatsResponse:
+    async def Stats(self, request: rs.StatsRequest, context: Context) -> rs.StatsResponse:
         """Report the counters; Redis figures are omitted (not failed) when it is down."""
         figures: RedisFigures | None
         try:

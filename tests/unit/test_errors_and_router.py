@@ -1,0 +1,62 @@
+"""Error translation to rich gRPC statuses, and routing of unknown processors."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from mcprouter.server.errors import FieldViolation, InvalidArgument, NotFound, Unimplemented
+from mcprouter.server.grpc_errors import to_rpc_status
+from mcprouter.server.router import Router, RouteResult
+from mcprouter.v1 import router_service_pb2 as rs
+from mcprouter.v1.experiment_pb2 import Experiment
+from mcprouter.v1.serve_status_pb2 import ServeStatus
+
+
+def decode(status: grpc.Status) -> status_pb2.Status:
+    (details,) = [v for k, v in status.trailing_metadata if k == "grpc-status-details-bin"]
+    return status_pb2.Status.FromString(details)
+
+
+def test_invalid_argument_carries_error_info_and_bad_request() -> None:
+    error = InvalidArgument([FieldViolation("a.b", "is required"), FieldViolation("c", "bad")])
+    status = to_rpc_status(error)
+    assert status.code is grpc.StatusCode.INVALID_ARGUMENT
+    rich = decode(status)
+    info = error_details_pb2.ErrorInfo()
+    bad = error_details_pb2.BadRequest()
+    assert rich.details[0].Unpack(info)
+    assert rich.details[1].Unpack(bad)
+    assert (info.domain, info.reason) == ("mcprouter.v1", "INVALID_ARGUMENT")
+    assert [v.field for v in bad.field_violations] == ["a.b", "c"]
+
+
+def test_other_errors_carry_reason_and_metadata() -> None:
+    status = to_rpc_status(NotFound("no experiment e1", metadata={"experiment_id": "e1"}))
+    assert status.code is grpc.StatusCode.NOT_FOUND
+    info = error_details_pb2.ErrorInfo()
+    assert decode(status).details[0].Unpack(info)
+    assert info.metadata["experiment_id"] == "e1"
+    assert "no experiment e1" in status.details
+
+
+def test_invalid_argument_needs_violations() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        InvalidArgument([])
+
+
+async def test_router_dispatches_and_names_missing_processors() -> None:
+    async def get_experiment(op: rs.GetExperimentOperation) -> RouteResult:
+        return RouteResult(
+            ServeStatus.SERVE_STATUS_FRESH, "experiment", Experiment(experiment_id=op.experiment_id)
+        )
+
+    router = Router({"get_experiment": get_experiment})
+    result = await router.route("get_experiment", rs.GetExperimentOperation(experiment_id="e"))
+    assert result.value == Experiment(experiment_id="e")
+    with pytest.raises(Unimplemented, match="clickhouse processor") as caught:
+        await router.route("get_analytics", rs.GetAnalyticsOperation())
+    assert caught.value.metadata == {"operation": "get_analytics", "processor": "clickhouse"}
+    with pytest.raises(ValueError, match="unknown operations"):
+        Router({"drop_tables": get_experiment})
