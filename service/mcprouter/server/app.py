@@ -1,9 +1,10 @@
 """The App container: builds every component from Settings and owns their lifetimes.
 
 ``open_app`` opens each resource in an ``AsyncExitStack`` (embedded servers
-first, then clients and pools) and yields a frozen ``App``; on exit they close
-in reverse order. Whoever opens a resource closes it; everything else only
-borrows it through a constructor argument.
+first, then clients and pools, then the components that borrow them) and
+yields a frozen ``App``; on exit they close in reverse order. Whoever opens a
+resource closes it; everything else only borrows it through a constructor
+argument.
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
+from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
 from mcprouter.server.config import Settings
 from mcprouter.server.embedded import embedded_postgres, embedded_redis
 from mcprouter.server.health import Probe
 from mcprouter.server.keys import KeySpace
+from mcprouter.server.migrations import apply_migrations
+from mcprouter.server.postgres_pool import create_pool
+from mcprouter.server.postgres_processor import PostgresPolicies, PostgresProcessor
+from mcprouter.server.postgres_store import PostgresStore
 from mcprouter.server.redis_connection import create_redis
 from mcprouter.server.redis_processor import RedisProcessor
 from mcprouter.server.router import Handler, Router
 from mcprouter.server.stats import CacheStats
+from mcprouter.v1.serve_status_pb2 import DataType
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +44,56 @@ class App:
     postgres: asyncpg.Pool
     stats: CacheStats
     keyspace: KeySpace
+    cache: CacheAside
     cache_ops: RedisProcessor
     router: Router
     probes: Mapping[str, Probe]
+
+
+def cache_policy(settings: Settings, data_type: DataType.ValueType, fresh_s: int) -> CachePolicy:
+    """The policy of one data type under the configured defaults."""
+    return CachePolicy(
+        data_type=data_type,
+        fresh_ttl=fresh_s,
+        stale_ttl=settings.cache_stale_ttl_s,
+        negative_ttl=settings.cache_negative_ttl_s,
+        enabled=settings.cache_enabled,
+    )
+
+
+def postgres_policies(settings: Settings) -> PostgresPolicies:
+    """Cache policies of the PostgreSQL data types."""
+    return PostgresPolicies(
+        experiment=cache_policy(settings, DataType.DATA_TYPE_EXPERIMENT, settings.ttl_experiment_s),
+        assignment=cache_policy(settings, DataType.DATA_TYPE_ASSIGNMENT, settings.ttl_assignment_s),
+        user_profile=cache_policy(
+            settings, DataType.DATA_TYPE_USER_PROFILE, settings.ttl_user_profile_s
+        ),
+    )
+
+
+async def migrate(pool: asyncpg.Pool) -> list[str]:
+    """Apply pending migrations; return the versions applied."""
+    async with pool.acquire() as conn:
+        applied = await apply_migrations(conn)
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    return applied
+
+
+@asynccontextmanager
+async def open_postgres(settings: Settings, stack: AsyncExitStack) -> AsyncIterator[asyncpg.Pool]:
+    """The PostgreSQL pool (starting the embedded server if no DSN is set)."""
+    dsn = settings.postgres_dsn
+    if dsn is None:
+        dsn = await stack.enter_async_context(embedded_postgres(settings.data_dir))
+    # min_size=0: the server starts (and reports postgres NOT_SERVING) even
+    # when PostgreSQL is down; connections open on first use.
+    pool = await create_pool(dsn, min_size=0, max_size=settings.postgres_pool_size)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 @asynccontextmanager
@@ -49,28 +103,32 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         redis_url = settings.redis_url
         if redis_url is None:
             redis_url = await stack.enter_async_context(embedded_redis(settings.data_dir))
-        postgres_dsn = settings.postgres_dsn
-        if postgres_dsn is None:
-            postgres_dsn = await stack.enter_async_context(embedded_postgres(settings.data_dir))
-        timeout_s = settings.redis_timeout_ms / 1000
+        redis_timeout_s = settings.redis_timeout_ms / 1000
         redis = create_redis(
             redis_url,
             pool_size=settings.redis_pool_size,
-            timeout_s=timeout_s,
+            timeout_s=redis_timeout_s,
             pool_timeout_s=settings.redis_pool_timeout_ms / 1000,
         )
         stack.push_async_callback(redis.aclose)
-        # min_size=0: the server starts (and reports postgres NOT_SERVING)
-        # even when PostgreSQL is down; connections open on first use.
-        postgres = await asyncpg.create_pool(
-            postgres_dsn, min_size=0, max_size=settings.postgres_pool_size
-        )
-        stack.push_async_callback(postgres.close)
+        postgres = await stack.enter_async_context(open_postgres(settings, stack))
+        if settings.postgres_dsn is None or settings.migrate_on_start:
+            await migrate(postgres)
 
         stats = CacheStats()
         keyspace = KeySpace(settings.key_namespace)
+        breaker = CircuitBreaker(
+            failure_threshold=settings.redis_breaker_failures,
+            reset_timeout=settings.redis_breaker_reset_s,
+        )
+        cache = CacheAside(redis, keyspace, stats, breaker, redis_timeout=redis_timeout_s)
+        stack.push_async_callback(cache.aclose)
         cache_ops = RedisProcessor(redis, keyspace, stats)
-        handlers: dict[str, Handler] = {}
+        postgres_processor = PostgresProcessor(
+            PostgresStore(postgres), cache, cache_ops, postgres_policies(settings)
+        )
+        stack.push_async_callback(postgres_processor.aclose)
+        handlers: dict[str, Handler] = {**postgres_processor.handlers()}
 
         async def postgres_probe() -> None:
             await postgres.fetchval("SELECT 1")
@@ -81,6 +139,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             postgres=postgres,
             stats=stats,
             keyspace=keyspace,
+            cache=cache,
             cache_ops=cache_ops,
             router=Router(handlers),
             probes={"redis": cache_ops.ping, "postgres": postgres_probe},

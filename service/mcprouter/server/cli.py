@@ -37,7 +37,24 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--env-file", help="read settings from this file instead of ./.env")
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply pending PostgreSQL migrations and exit",
+        description="Apply pending migrations to POSTGRES_DSN (or the embedded PostgreSQL).",
+    )
+    migrate.add_argument("--env-file", help="read settings from this file instead of ./.env")
     return parser
+
+
+async def _migrate(settings: Settings) -> None:
+    from contextlib import AsyncExitStack
+
+    from mcprouter.server.app import migrate, open_postgres
+
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_postgres(settings, stack))
+        applied = await migrate(pool)
+        print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
 
 
 def _load_settings(env_file: str | None) -> Settings:
@@ -76,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         os.makedirs(settings.data_dir, exist_ok=True)
         _run(serve(settings))
+    elif args.command == "migrate":
+        os.makedirs(settings.data_dir, exist_ok=True)
+        _run(_migrate(settings))
 
 
 if __name__ == "__main__":  # pragma: no cover

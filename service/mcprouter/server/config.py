@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     postgres_pool_size: int = Field(
         10, ge=1, le=1_000, description="Maximum PostgreSQL connections."
     )
+    migrate_on_start: bool = Field(
+        False,
+        description="Apply database migrations at start-up (always done for the embedded "
+        "PostgreSQL; otherwise run `mcp-router migrate`).",
+    )
     clickhouse_url: str | None = Field(
         None,
         description="ClickHouse URL (http://host:8123 or chdb:///path); read by the "
@@ -69,6 +74,24 @@ class Settings(BaseSettings):
     ttl_event_metrics_s: int = Field(900, ge=1, description="Freshness of cached hourly metrics.")
     ttl_analytics_s: int = Field(7_200, ge=1, description="Freshness of cached daily analytics.")
     ttl_search_s: int = Field(600, ge=1, description="Freshness of cached semantic searches.")
+    cache_enabled: bool = Field(
+        True, description="False sends every read straight to its store (for comparisons)."
+    )
+    cache_stale_ttl_s: int = Field(
+        3_600,
+        ge=0,
+        description="How long an entry is kept after its freshness ends, to be served "
+        "as STALE when its store fails.",
+    )
+    cache_negative_ttl_s: int = Field(
+        30, ge=1, description="How long a 'not found' answer is cached."
+    )
+    redis_breaker_failures: int = Field(
+        5, ge=1, description="Consecutive Redis failures that open the circuit breaker."
+    )
+    redis_breaker_reset_s: float = Field(
+        2.0, gt=0, description="Seconds the breaker stays open before probing Redis again."
+    )
     health_probe_interval_s: float = Field(
         2.0, gt=0, le=300, description="Seconds between backend health probes."
     )

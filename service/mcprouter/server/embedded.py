@@ -58,7 +58,7 @@ async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
     folder.parent.mkdir(parents=True, exist_ok=True)
     # pgserver keeps its lock file in the user runtime dir; without
     # XDG_RUNTIME_DIR, platformdirs warns and falls back to /tmp anyway.
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir.resolve()))
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(folder.parent))
     server = await asyncio.to_thread(pgserver.get_server, folder, cleanup_mode="stop")  # type: ignore[attr-defined]
     dsn = str(server.get_uri())
     log.info("embedded PostgreSQL started (data in %s)", folder)

@@ -7,18 +7,15 @@ from datetime import UTC, datetime
 from google.protobuf.message import DecodeError, Message
 
 from mcprouter.server import keys
+from mcprouter.server.cache import envelope
 from mcprouter.server.redis_processor import RawEntry, RedisFigures
 from mcprouter.server.router import RouteResult
 from mcprouter.server.stats import Outcome, StatsSnapshot
 from mcprouter.v1 import router_service_pb2 as rs
-from mcprouter.v1.cache_envelope_pb2 import CacheEnvelope
 from mcprouter.v1.events_pb2 import Analytics, EventMetrics
 from mcprouter.v1.experiment_pb2 import Assignment, Experiment, UserProfile
 from mcprouter.v1.search_pb2 import SearchResult
 from mcprouter.v1.serve_status_pb2 import DataType
-
-# The envelope layout this server writes and reads; other versions read as raw.
-ENVELOPE_SCHEMA_VERSION = 1
 
 # DataType -> (CachedEntry.value field, message class of the payload).
 VALUE_TYPES: dict[DataType.ValueType, tuple[str, type[Message]]] = {
@@ -41,29 +38,23 @@ def route_response(result: RouteResult) -> rs.RouteDataResponse:
 
 
 def cached_entry(raw: RawEntry, *, now: datetime | None = None) -> rs.CachedEntry:
-    """A GetCached entry: decoded when the bytes are an envelope we understand."""
-    entry = rs.CachedEntry(key=raw.key, hit=raw.value is not None)
-    entry.data_type = keys.family_of(raw.key) or DataType.DATA_TYPE_UNSPECIFIED
+    """A GetCached entry, decoded when its bytes are an envelope of the key's family."""
+    data_type = keys.family_of(raw.key) or DataType.DATA_TYPE_UNSPECIFIED
+    entry = rs.CachedEntry(key=raw.key, hit=raw.value is not None, data_type=data_type)
     if raw.value is None:
         return entry
     if raw.ttl_ms is not None:
         entry.ttl_remaining.FromMilliseconds(raw.ttl_ms)
-    envelope = CacheEnvelope()
-    try:
-        envelope.ParseFromString(raw.value)
-    except DecodeError:
-        return entry
-    if envelope.schema_version != ENVELOPE_SCHEMA_VERSION or envelope.data_type not in VALUE_TYPES:
-        return entry
-    entry.data_type = envelope.data_type
-    entry.stored_at.CopyFrom(envelope.stored_at)
-    moment = now or datetime.now(UTC)
-    entry.fresh = envelope.fresh_until.ToDatetime(tzinfo=UTC) > moment
-    entry.not_found = envelope.not_found
-    if not envelope.not_found:
-        field, message_type = VALUE_TYPES[envelope.data_type]
+    decoded = envelope.decode(raw.value, data_type)
+    if decoded is None:
+        return entry  # a hit, but not a value this server can read
+    entry.stored_at.FromNanoseconds(round(decoded.stored_at * 1e9))
+    entry.fresh = decoded.is_fresh((now or datetime.now(UTC)).timestamp())
+    entry.not_found = decoded.not_found
+    if not decoded.not_found:
+        field, message_type = VALUE_TYPES[data_type]
         try:
-            value = message_type.FromString(envelope.payload)
+            value = message_type.FromString(decoded.payload)
         except DecodeError:
             return entry
         getattr(entry, field).CopyFrom(value)
