@@ -43,7 +43,32 @@ def _parser() -> argparse.ArgumentParser:
         description="Apply pending migrations to POSTGRES_DSN (or the embedded PostgreSQL).",
     )
     migrate.add_argument("--env-file", help="read settings from this file instead of ./.env")
+    health = commands.add_parser(
+        "health",
+        help="ask a running server's gRPC health service; exit 0 when SERVING",
+        description="Probe a server with grpc.health.v1 Check (for container healthchecks).",
+    )
+    health.add_argument("--address", default="localhost:50051", help="host:port of the server")
+    health.add_argument("--service", default="", help="service name; '' is overall health")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
     return parser
+
+
+def _health(address: str, service: str, timeout: float) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"{address} {service or '(overall)'}: {exc.code().name}", file=sys.stderr)
+            return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{address} {service or '(overall)'}: {name}")
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 async def _migrate(settings: Settings) -> None:
@@ -80,6 +105,8 @@ def _run(coro_factory: object) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
+    if args.command == "health":
+        sys.exit(_health(args.address, args.service, args.timeout))
     settings = _load_settings(args.env_file)
     logging.basicConfig(
         level=settings.log_level,

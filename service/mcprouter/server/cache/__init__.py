@@ -1,0 +1,34 @@
+"""The cache-aside core shared by every processor (see ``core.CacheAside``).
+
+Processors compose it: they receive one ``CacheAside`` and describe how their
+data type is cached with a ``CachePolicy``. Module map:
+
+- ``core``: ``CacheAside``, the read path, invalidation and shutdown.
+- ``loading``: one key's load under the cross-process lease, stale-if-error.
+- ``bulk``: the MGET / one-loader-call / pipeline path.
+- ``guard``: the Redis boundary: timeouts, breaker, fail open.
+- ``policy``, ``envelope``, ``breaker``, ``single_flight``, ``served``: the parts.
+"""
+
+from mcprouter.server.cache.breaker import BreakerState, CircuitBreaker
+from mcprouter.server.cache.core import CacheAside
+from mcprouter.server.cache.envelope import SCHEMA_VERSION, Entry, decode, encode
+from mcprouter.server.cache.policy import CachePolicy, xfetch_due
+from mcprouter.server.cache.served import BulkLoader, Loader, Served
+from mcprouter.server.cache.single_flight import SingleFlight
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BreakerState",
+    "BulkLoader",
+    "CacheAside",
+    "CachePolicy",
+    "CircuitBreaker",
+    "Entry",
+    "Loader",
+    "Served",
+    "SingleFlight",
+    "decode",
+    "encode",
+    "xfetch_due",
+]

@@ -1,0 +1,727 @@
+"""The cache-aside core against a real Redis.
+
+Properties are proven by counting loader calls and reading Redis, never by
+timing: freshness runs on an injected clock, and the only sleeps are the lease
+polls of the core itself (tens of milliseconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from mcprouter.server.cache import (
+    CacheAside,
+    CachePolicy,
+    CircuitBreaker,
+    decode,
+    encode,
+)
+from mcprouter.server.errors import CacheUnavailable, FailedPrecondition, NotFound, Unavailable
+from mcprouter.server.keys import KeySpace
+from mcprouter.server.stats import CacheStats, Outcome
+from mcprouter.v1.cache_envelope_pb2 import CacheEnvelope
+from mcprouter.v1.experiment_pb2 import Experiment
+from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
+
+EXPERIMENT = DataType.DATA_TYPE_EXPERIMENT
+CACHED = ServeStatus.SERVE_STATUS_CACHED
+FRESH = ServeStatus.SERVE_STATUS_FRESH
+STALE = ServeStatus.SERVE_STATUS_STALE
+KEY = "experiment:exp-1"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FixedRandom(random.Random):
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+class CountingRedis(aioredis.Redis):
+    """A real client that counts the commands it sends (pipelines aside)."""
+
+    calls = 0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.calls += 1
+        return await super().execute_command(*args, **options)
+
+
+class Store:
+    """A fake store: counts loads, can block, fail, or miss."""
+
+    def __init__(self, clock: FakeClock | None = None, load_seconds: float = 0.0) -> None:
+        self.calls = 0
+        self.rows: dict[str, Experiment] = {}
+        self.error: BaseException | None = None
+        self.gate: asyncio.Event | None = None
+        self.started = asyncio.Event()
+        self.clock = clock
+        self.load_seconds = load_seconds
+        self.bulk_requests: list[list[str]] = []
+
+    def put(self, key: str, version: int = 1) -> Experiment:
+        value = Experiment(experiment_id=key.split(":")[1], name="checkout", version=version)
+        self.rows[key] = value
+        return value
+
+    def loader(self, key: str) -> Callable[[], Awaitable[Experiment | None]]:
+        async def load() -> Experiment | None:
+            self.calls += 1
+            self.started.set()
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.clock is not None:
+                self.clock.advance(self.load_seconds)  # a load that takes load_seconds
+            if self.error is not None:
+                raise self.error
+            return self.rows.get(key)
+
+        return load
+
+    async def load_many(self, keys: Sequence[str]) -> Mapping[str, Experiment]:
+        self.calls += 1
+        self.bulk_requests.append(list(keys))
+        if self.error is not None:
+            raise self.error
+        return {k: self.rows[k] for k in keys if k in self.rows}
+
+
+def policy(**changes: Any) -> CachePolicy:
+    settings: dict[str, Any] = {"fresh_ttl": 60.0, "stale_ttl": 3600.0, "jitter": 0.1}
+    settings.update(changes)
+    return CachePolicy(EXPERIMENT, **settings)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def stats() -> CacheStats:
+    return CacheStats()
+
+
+@pytest.fixture
+async def cache(
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock, stats: CacheStats
+) -> AsyncIterator[CacheAside]:
+    core = CacheAside(
+        redis_client,
+        KeySpace(namespace),
+        stats,
+        CircuitBreaker(clock=clock),
+        clock=clock,
+        rng=random.Random(7),
+    )
+    try:
+        yield core
+    finally:
+        await core.aclose()
+
+
+def counts(stats: CacheStats) -> dict[Outcome, int]:
+    return stats.snapshot().per_type.get(EXPERIMENT, {})
+
+
+@contextlib.asynccontextmanager
+async def dead_redis() -> AsyncIterator[CountingRedis]:
+    """A client to a port nothing listens on, with small timeouts and no retries."""
+    client = CountingRedis(
+        host="127.0.0.1",
+        port=1,
+        socket_connect_timeout=0.2,
+        socket_timeout=0.2,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Yield to the loop until ``condition`` holds (bounded, not a timing assertion)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+# -- hits, misses, negative caching ---------------------------------------------------
+
+
+async def test_miss_then_hit(
+    cache: CacheAside,
+    redis_client: aioredis.Redis,
+    namespace: str,
+    clock: FakeClock,
+    stats: CacheStats,
+) -> None:
+    store = Store()
+    value = store.put(KEY)
+    first = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+    assert (first.status, first.value, first.key) == (FRESH, value, KEY)
+    assert first.stored_at.timestamp() == pytest.approx(clock.now)
+    second = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+    assert (second.status, second.value) == (CACHED, value)
+    assert second.stored_at == first.stored_at
+    assert store.calls == 1
+    assert counts(stats) == {Outcome.MISS: 1, Outcome.LOAD: 1, Outcome.HIT: 1}
+
+    # The stored bytes are an envelope any client can read, under the namespace,
+    # with a TTL of fresh (jittered) plus stale.
+    raw = await redis_client.get(namespace + KEY)
+    entry = decode(raw, EXPERIMENT)
+    assert entry is not None
+    assert 60.0 <= entry.fresh_until - clock.now <= 66.0
+    ttl_ms = await redis_client.pttl(namespace + KEY)
+    assert (60 + 3600) * 1000 - 5000 <= ttl_ms <= (66 + 3600) * 1000
+    # The lease was released after storing.
+    assert await redis_client.exists(namespace + "_lease:" + KEY) == 0
+
+
+async def test_entry_expires_from_fresh_on_the_clock(cache: CacheAside, clock: FakeClock) -> None:
+    store = Store()
+    store.put(KEY)
+    await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(jitter=0.0))
+    clock.advance(60.0)
+    again = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(jitter=0.0))
+    assert again.status == FRESH
+    assert store.calls == 2
+
+
+async def test_fifty_concurrent_misses_load_once(cache: CacheAside, stats: CacheStats) -> None:
+    store = Store()
+    value = store.put(KEY)
+    store.gate = asyncio.Event()
+    callers = [
+        asyncio.create_task(cache.get_or_load(KEY, Experiment, store.loader(KEY), policy()))
+        for _ in range(50)
+    ]
+    await asyncio.wait_for(store.started.wait(), 5)
+    await until(lambda: counts(stats).get(Outcome.MISS) == 50, "50 misses")
+    store.gate.set()
+    served = await asyncio.gather(*callers)
+    assert store.calls == 1
+    assert {s.status for s in served} == {FRESH}
+    assert all(s.value == value for s in served)
+    assert counts(stats)[Outcome.LOAD] == 1
+
+
+async def test_not_found_is_cached_negatively(
+    cache: CacheAside, redis_client: aioredis.Redis, namespace: str, stats: CacheStats
+) -> None:
+    store = Store()
+    for _ in range(2):
+        with pytest.raises(NotFound) as caught:
+            await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(negative_ttl=30))
+        assert KEY in caught.value.message
+    assert store.calls == 1
+    assert counts(stats)[Outcome.NEGATIVE_HIT] == 1
+    assert 25_000 <= await redis_client.pttl(namespace + KEY) <= 30_000
+
+
+async def test_negative_entry_expires_on_the_clock(cache: CacheAside, clock: FakeClock) -> None:
+    store = Store()
+    with pytest.raises(NotFound):
+        await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(negative_ttl=30))
+    clock.advance(30.0)
+    store.put(KEY)
+    served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(negative_ttl=30))
+    assert served.status == FRESH
+    assert store.calls == 2
+
+
+async def test_loader_router_errors_propagate_and_are_not_cached(
+    cache: CacheAside, stats: CacheStats
+) -> None:
+    store = Store()
+    store.error = FailedPrecondition("experiment is archived")
+    for _ in range(2):
+        with pytest.raises(FailedPrecondition) as caught:
+            await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+        assert caught.value is store.error
+    assert store.calls == 2
+    assert Outcome.LOAD_ERROR not in counts(stats)
+
+
+# -- stale-if-error --------------------------------------------------------------------
+
+
+async def test_store_failure_serves_stale_entry(
+    cache: CacheAside, clock: FakeClock, stats: CacheStats
+) -> None:
+    store = Store()
+    value = store.put(KEY)
+    first = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+    clock.advance(60.0 * 1.1)  # past any jittered fresh time, well inside the stale window
+    store.error = ConnectionError("postgres is down")
+    stale = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+    assert (stale.status, stale.value, stale.stored_at) == (STALE, value, first.stored_at)
+    assert counts(stats)[Outcome.STALE] == 1
+    assert counts(stats)[Outcome.LOAD_ERROR] == 1
+    # The store recovers: the next read loads again.
+    store.error = None
+    assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == FRESH
+    assert store.calls == 3
+
+
+async def test_store_failure_without_entry_is_unavailable(
+    cache: CacheAside, stats: CacheStats
+) -> None:
+    store = Store()
+    failure = ConnectionError("postgres is down")
+    store.error = failure
+    with pytest.raises(Unavailable) as caught:
+        await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+    assert KEY in caught.value.message
+    assert "experiment" in caught.value.message
+    assert caught.value.__cause__ is failure
+    assert counts(stats)[Outcome.LOAD_ERROR] == 1
+    # Nothing was cached: the next read loads again.
+    store.error = None
+    store.put(KEY)
+    assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == FRESH
+
+
+# -- envelope trust ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xff\xff not an envelope",
+        encode(
+            DataType.DATA_TYPE_USER_PROFILE, b"", stored_at=1.0, fresh_until=4e9, load_duration=0
+        ),
+        CacheEnvelope(data_type=EXPERIMENT, schema_version=99, not_found=True).SerializeToString(),
+        encode(EXPERIMENT, b"\xff\xff", stored_at=1.0, fresh_until=4e9, load_duration=0),
+    ],
+    ids=["garbage", "other-type", "future-schema", "bad-payload"],
+)
+async def test_untrusted_entries_are_misses_and_overwritten(
+    cache: CacheAside, redis_client: aioredis.Redis, namespace: str, raw: bytes
+) -> None:
+    await redis_client.set(namespace + KEY, raw)
+    store = Store()
+    value = store.put(KEY)
+    served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+    assert (served.status, served.value) == (FRESH, value)
+    assert decode(await redis_client.get(namespace + KEY), EXPERIMENT) is not None
+    assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == CACHED
+
+
+# -- leases across instances -----------------------------------------------------------
+
+
+async def test_lease_makes_second_instance_wait_for_the_first(
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock
+) -> None:
+    # Two CacheAside objects with their own single-flight maps are two processes.
+    stats_a, stats_b = CacheStats(), CacheStats()
+    a = CacheAside(redis_client, KeySpace(namespace), stats_a, CircuitBreaker(), clock=clock)
+    b = CacheAside(redis_client, KeySpace(namespace), stats_b, CircuitBreaker(), clock=clock)
+    store_a, store_b = Store(), Store()
+    value = store_a.put(KEY)
+    store_b.put(KEY)
+    store_a.gate = asyncio.Event()
+    slow_lease = policy(lease_ttl_ms=10_000, lease_wait_ms=1_200)
+    try:
+        first = asyncio.create_task(a.get_or_load(KEY, Experiment, store_a.loader(KEY), slow_lease))
+        await asyncio.wait_for(store_a.started.wait(), 5)
+        second = asyncio.create_task(
+            b.get_or_load(KEY, Experiment, store_b.loader(KEY), slow_lease)
+        )
+        await until(lambda: counts(stats_b).get(Outcome.LEASE_WAIT) == 1, "b waits on the lease")
+        store_a.gate.set()
+        served_a, served_b = await asyncio.gather(first, second)
+    finally:
+        await a.aclose()
+        await b.aclose()
+    assert (served_a.status, served_b.status) == (FRESH, CACHED)
+    assert served_b.value == value
+    assert (store_a.calls, store_b.calls) == (1, 0)
+
+
+async def test_lease_of_a_vanished_instance_only_delays(
+    cache: CacheAside, redis_client: aioredis.Redis, namespace: str, stats: CacheStats
+) -> None:
+    # Another instance took the lease and died before storing anything.
+    await redis_client.set(namespace + "_lease:" + KEY, b"someone-else", px=10_000)
+    store = Store()
+    store.put(KEY)
+    served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(lease_wait_ms=40))
+    assert served.status == FRESH
+    assert store.calls == 1
+    assert counts(stats)[Outcome.LEASE_WAIT] == 1
+    # Not our lease: it is left alone for its owner (or its PX) to remove.
+    assert await redis_client.get(namespace + "_lease:" + KEY) == b"someone-else"
+
+
+# -- cancellation -------------------------------------------------------------------------
+
+
+async def test_cancelled_first_caller_does_not_cancel_the_load(
+    cache: CacheAside, stats: CacheStats
+) -> None:
+    store = Store()
+    value = store.put(KEY)
+    store.gate = asyncio.Event()
+    first = asyncio.create_task(cache.get_or_load(KEY, Experiment, store.loader(KEY), policy()))
+    await asyncio.wait_for(store.started.wait(), 5)
+    others = [
+        asyncio.create_task(cache.get_or_load(KEY, Experiment, store.loader(KEY), policy()))
+        for _ in range(5)
+    ]
+    await until(lambda: counts(stats).get(Outcome.MISS) == 6, "all callers missed")
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    store.gate.set()
+    served = await asyncio.gather(*others)
+    assert [s.value for s in served] == [value] * 5
+    assert {s.status for s in served} == {FRESH}
+    assert store.calls == 1
+    assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == CACHED
+
+
+# -- XFetch ---------------------------------------------------------------------------------
+
+
+async def test_early_refresh_runs_in_background(
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock, stats: CacheStats
+) -> None:
+    # u = 0.01 gives a head start of -ln(0.01) * 2 s = 9.2 s before fresh_until.
+    cache = CacheAside(
+        redis_client,
+        KeySpace(namespace),
+        stats,
+        CircuitBreaker(),
+        clock=clock,
+        rng=FixedRandom(0.01),
+    )
+    store = Store(clock=clock, load_seconds=2.0)
+    store.put(KEY, version=1)
+    exact = policy(jitter=0.0, fresh_ttl=100.0)
+    try:
+        first = await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)
+        assert first.status == FRESH
+        clock.advance(50.0)  # 50 s before expiry: no refresh yet
+        assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)).status == CACHED
+        assert store.calls == 1
+        clock.advance(49.0)  # 1 s before expiry, inside the head start
+        store.put(KEY, version=2)
+        served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)
+        assert (served.status, served.value.version) == (CACHED, 1)
+        assert counts(stats)[Outcome.EARLY_REFRESH] == 1
+
+        async def refreshed() -> bool:
+            entry = decode(await redis_client.get(namespace + KEY), EXPERIMENT)
+            return entry is not None and Experiment.FromString(entry.payload).version == 2
+
+        for _ in range(1000):
+            if await refreshed():
+                break
+            await asyncio.sleep(0.005)
+        assert store.calls == 2
+        newer = await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)
+        assert (newer.status, newer.value.version) == (CACHED, 2)
+    finally:
+        await cache.aclose()
+    assert store.calls == 2
+
+
+async def test_aclose_cancels_pending_refreshes(
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock
+) -> None:
+    cache = CacheAside(
+        redis_client,
+        KeySpace(namespace),
+        CacheStats(),
+        CircuitBreaker(),
+        clock=clock,
+        rng=FixedRandom(1e-9),
+    )
+    store = Store(clock=clock, load_seconds=1.0)
+    store.put(KEY)
+    exact = policy(jitter=0.0)
+    await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)
+    store.gate = asyncio.Event()  # the refresh hangs in the store
+    store.started.clear()
+    clock.advance(50.0)  # 10 s before expiry, inside the 20.7 s head start of u = 1e-9
+    assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)).status == CACHED
+    await asyncio.wait_for(store.started.wait(), 5)
+    await cache.aclose()  # returns although the store never answers
+    assert store.calls == 2
+
+
+# -- fail open and the circuit breaker ----------------------------------------------------
+
+
+async def test_dead_redis_fails_open_and_breaker_stops_calls(
+    namespace: str, clock: FakeClock, stats: CacheStats
+) -> None:
+    breaker = CircuitBreaker(failure_threshold=3, reset_timeout=2.0, clock=clock)
+    store = Store()
+    value = store.put(KEY)
+    async with dead_redis() as dead:
+        cache = CacheAside(dead, KeySpace(namespace), stats, breaker, clock=clock)
+        for _ in range(3):
+            served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+            assert (served.status, served.value) == (FRESH, value)
+        assert breaker.state == "open"
+        assert dead.calls == 3
+        assert stats.redis_errors == 3
+        for _ in range(5):
+            served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+            assert served.status == FRESH
+        # While open, Redis is not even tried.
+        assert dead.calls == 3
+        assert stats.redis_errors == 3
+        assert store.calls == 8
+        # After reset_timeout one probe goes out; it fails and the breaker re-opens.
+        clock.advance(2.0)
+        assert breaker.state == "half_open"
+        assert (
+            await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+        ).status == FRESH
+        assert dead.calls == 4
+        assert breaker.state == "open"
+        await cache.aclose()
+
+
+async def test_breaker_closes_when_redis_is_back(
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock, stats: CacheStats
+) -> None:
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=2.0, clock=clock)
+    store = Store()
+    store.put(KEY)
+    async with dead_redis() as dead:
+        down = CacheAside(dead, KeySpace(namespace), stats, breaker, clock=clock)
+        for _ in range(2):
+            await down.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+        await down.aclose()
+    assert breaker.state == "open"
+    # Redis is back: the same breaker now guards a client of a live server.
+    up = CacheAside(redis_client, KeySpace(namespace), stats, breaker, clock=clock)
+    try:
+        assert (await up.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == FRESH
+        assert breaker.state == "open"  # still open: Redis was skipped
+        clock.advance(2.0)
+        assert (await up.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == FRESH
+        assert breaker.state == "closed"  # the probe succeeded
+        assert (await up.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == CACHED
+    finally:
+        await up.aclose()
+    assert store.calls == 4
+
+
+async def test_unresponsive_redis_is_bounded_by_the_timeout(
+    namespace: str, clock: FakeClock, stats: CacheStats
+) -> None:
+    # A server that accepts connections and never answers: only our timeout ends calls.
+    connections: list[asyncio.StreamWriter] = []
+
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(4096):
+                pass
+
+    server = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis(
+        host="127.0.0.1", port=port, socket_timeout=30, retry=Retry(NoBackoff(), 0)
+    )
+    store = Store()
+    store.put(KEY)
+    cache = CacheAside(
+        client,
+        KeySpace(namespace),
+        stats,
+        CircuitBreaker(failure_threshold=2, clock=clock),
+        clock=clock,
+        redis_timeout=0.05,
+    )
+    try:
+        for _ in range(3):
+            served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+            assert served.status == FRESH
+        assert stats.redis_errors == 2
+        assert cache.breaker.state == "open"
+    finally:
+        await cache.aclose()
+        await client.aclose()
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+# -- bulk -----------------------------------------------------------------------------------
+
+
+async def test_bulk_mixes_hits_misses_and_not_found(cache: CacheAside, stats: CacheStats) -> None:
+    store = Store()
+    cached = store.put("experiment:a")
+    await cache.get_or_load("experiment:a", Experiment, store.loader("experiment:a"), policy())
+    loaded = store.put("experiment:b")
+    keys = ["experiment:a", "experiment:b", "experiment:missing", "experiment:a"]
+    first = await cache.get_many_or_load(keys, Experiment, store.load_many, policy())
+    assert list(first) == ["experiment:a", "experiment:b", "experiment:missing"]
+    served_a, served_b = first["experiment:a"], first["experiment:b"]
+    assert served_a is not None
+    assert served_b is not None
+    assert (served_a.status, served_a.value) == (CACHED, cached)
+    assert (served_b.status, served_b.value) == (FRESH, loaded)
+    assert first["experiment:missing"] is None
+    assert store.bulk_requests == [["experiment:b", "experiment:missing"]]
+    assert store.calls == 2  # one single load, one bulk load
+
+    second = await cache.get_many_or_load(keys, Experiment, store.load_many, policy())
+    assert second["experiment:missing"] is None
+    assert {k: v.status for k, v in second.items() if v is not None} == {
+        "experiment:a": CACHED,
+        "experiment:b": CACHED,
+    }
+    assert store.calls == 2
+    assert counts(stats)[Outcome.NEGATIVE_HIT] == 1
+    # The single-key path reads what the bulk path stored.
+    with pytest.raises(NotFound):
+        await cache.get_or_load(
+            "experiment:missing", Experiment, store.loader("experiment:missing"), policy()
+        )
+    assert store.calls == 2
+
+
+async def test_bulk_store_failure_serves_stale_or_is_unavailable(
+    cache: CacheAside, clock: FakeClock, stats: CacheStats
+) -> None:
+    store = Store()
+    store.put("experiment:a")
+    await cache.get_many_or_load(["experiment:a"], Experiment, store.load_many, policy())
+    clock.advance(100.0)
+    store.error = ConnectionError("postgres is down")
+    stale = await cache.get_many_or_load(["experiment:a"], Experiment, store.load_many, policy())
+    served = stale["experiment:a"]
+    assert served is not None
+    assert served.status == STALE
+    with pytest.raises(Unavailable) as caught:
+        await cache.get_many_or_load(
+            ["experiment:a", "experiment:new"], Experiment, store.load_many, policy()
+        )
+    assert "experiment:new" in caught.value.message
+    assert caught.value.__cause__ is store.error
+    assert counts(stats)[Outcome.STALE] == 1
+
+
+async def test_bulk_with_dead_redis_loads_everything(namespace: str, clock: FakeClock) -> None:
+    store = Store()
+    store.put("experiment:a")
+    async with dead_redis() as dead:
+        cache = CacheAside(dead, KeySpace(namespace), CacheStats(), CircuitBreaker(), clock=clock)
+        result = await cache.get_many_or_load(
+            ["experiment:a", "experiment:b"], Experiment, store.load_many, policy()
+        )
+    served = result["experiment:a"]
+    assert served is not None
+    assert served.status == FRESH
+    assert result["experiment:b"] is None
+
+
+# -- invalidation ---------------------------------------------------------------------------
+
+
+async def test_invalidate_removes_keys_and_next_read_is_fresh(
+    cache: CacheAside, stats: CacheStats
+) -> None:
+    store = Store()
+    store.put(KEY)
+    await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+    assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == CACHED
+    assert await cache.invalidate([KEY, "experiment:never-cached", KEY]) == 1
+    assert await cache.invalidate([]) == 0
+    assert stats.invalidations == 1
+    assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == FRESH
+    assert store.calls == 2
+
+
+async def test_invalidate_during_a_load_keeps_its_result_out_of_the_cache(
+    cache: CacheAside, redis_client: aioredis.Redis, namespace: str
+) -> None:
+    store = Store()
+    store.put(KEY, version=1)
+    store.gate = asyncio.Event()
+    reader = asyncio.create_task(cache.get_or_load(KEY, Experiment, store.loader(KEY), policy()))
+    await asyncio.wait_for(store.started.wait(), 5)
+    store.put(KEY, version=2)  # a write lands while the old value is being loaded ...
+    await cache.invalidate([KEY])  # ... and invalidates
+    store.gate.set()
+    assert (await reader).status == FRESH  # the concurrent reader gets an answer
+    assert await redis_client.exists(namespace + KEY) == 0  # but it was not cached
+    store.gate = None
+    after = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+    assert (after.status, after.value.version) == (FRESH, 2)
+
+
+async def test_invalidate_raises_when_redis_is_down(namespace: str, stats: CacheStats) -> None:
+    async with dead_redis() as dead:
+        cache = CacheAside(dead, KeySpace(namespace), stats, CircuitBreaker())
+        with pytest.raises(CacheUnavailable) as caught:
+            await cache.invalidate([KEY])
+    assert KEY in caught.value.message
+    assert isinstance(caught.value.__cause__, RedisError | OSError)
+    assert stats.redis_errors == 1
+
+
+# -- disabled policy ------------------------------------------------------------------------
+
+
+async def test_disabled_policy_touches_no_redis(
+    redis_url: str, namespace: str, redis_client: aioredis.Redis, stats: CacheStats
+) -> None:
+    counting = CountingRedis.from_url(redis_url)
+    cache = CacheAside(counting, KeySpace(namespace), stats, CircuitBreaker())
+    store = Store()
+    store.put(KEY)
+    off = policy(enabled=False)
+    try:
+        for _ in range(3):
+            served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), off)
+            assert served.status == FRESH
+        with pytest.raises(NotFound):
+            await cache.get_or_load("experiment:nope", Experiment, store.loader("x:nope"), off)
+        bulk = await cache.get_many_or_load([KEY], Experiment, store.load_many, off)
+        assert bulk[KEY] is not None
+    finally:
+        await cache.aclose()
+        await counting.aclose()
+    assert counting.calls == 0
+    assert store.calls == 5
+    assert [k async for k in redis_client.scan_iter(match=namespace + "*")] == []
