@@ -725,3 +725,39 @@ async def test_disabled_policy_touches_no_redis(
     assert counting.calls == 0
     assert store.calls == 5
     assert [k async for k in redis_client.scan_iter(match=namespace + "*")] == []
+
+
+async def test_a_write_on_another_instance_beats_a_load_in_flight(
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock
+) -> None:
+    """Instance A reads the store, instance B writes and invalidates, then A
+    finishes: A's old value must not land in the cache (its lease was removed)."""
+    store = Store()
+    store.put(KEY, version=1)
+    store.gate = asyncio.Event()
+    instance_a = CacheAside(
+        redis_client, KeySpace(namespace), CacheStats(), CircuitBreaker(), clock=clock
+    )
+    instance_b = CacheAside(
+        redis_client, KeySpace(namespace), CacheStats(), CircuitBreaker(), clock=clock
+    )
+    try:
+        reading = asyncio.create_task(
+            instance_a.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+        )
+        await store.started.wait()  # A has read nothing yet but holds the lease
+        store.put(KEY, version=2)  # B's write commits ...
+        await instance_b.invalidate([KEY])  # ... and invalidates
+        old = store.rows[KEY]
+        store.rows[KEY] = Experiment(experiment_id="exp-1", name="checkout", version=1)
+        store.gate.set()  # A's load returns the value it read before the write
+        served = await reading
+        assert (served.status, served.value.version) == (FRESH, 1)
+        assert await redis_client.exists(namespace + KEY) == 0  # not stored
+        store.rows[KEY] = old
+        store.gate = None
+        again = await instance_b.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+        assert (again.status, again.value.version) == (FRESH, 2)
+    finally:
+        await instance_a.aclose()
+        await instance_b.aclose()

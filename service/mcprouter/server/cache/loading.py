@@ -33,6 +33,16 @@ _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Stores the value only while our lease still stands. An invalidation by a
+# write on any instance deletes the lease, so a load that read the store before
+# that write cannot put its old value back (memcache-style lease semantics).
+_STORE_IF_LEASED = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
 # How many times a caller that lost the lease looks for the value in lease_wait_ms.
 _LEASE_POLLS = 6
 _CACHED = ServeStatus.SERVE_STATUS_CACHED
@@ -71,6 +81,7 @@ class KeyLoader:
         # False once invalidate() detached the running load of a key.
         self._is_current = is_current
         self._release_lease = guard.client.register_script(_RELEASE_LEASE)
+        self._store_if_leased = guard.client.register_script(_STORE_IF_LEASED)
 
     async def load(
         self,
@@ -122,7 +133,13 @@ class KeyLoader:
                     return waited
         try:
             return await self.fetch(
-                key, message_type, loader, policy, previous, use_redis=use_redis
+                key,
+                message_type,
+                loader,
+                policy,
+                previous,
+                use_redis=use_redis,
+                lease=(lease_key, token) if leased else None,
             )
         finally:
             if leased:
@@ -162,8 +179,13 @@ class KeyLoader:
         previous: Entry | None,
         *,
         use_redis: bool,
+        lease: tuple[str, str] | None = None,
     ) -> Loaded:
-        """Call the loader and store its answer; fall back to ``previous`` on failure."""
+        """Call the loader and store its answer; fall back to ``previous`` on failure.
+
+        With ``lease`` (its Redis key and our token), the answer is stored only
+        if the lease still holds our token when the load ends.
+        """
         dt = policy.data_type
         started = self._clock()
         try:
@@ -183,7 +205,19 @@ class KeyLoader:
                 policy, payload, now=now, load_duration=now - started, rng=self._rng
             )
             rkey = self._keyspace.redis_key(key)
-            await self._guard.call("SET", key, dt, lambda: self._redis.set(rkey, blob, px=ttl_ms))
+            if lease is None:
+                await self._guard.call(
+                    "SET", key, dt, lambda: self._redis.set(rkey, blob, px=ttl_ms)
+                )
+            else:
+                lease_key, token = lease
+                store = self._store_if_leased
+                await self._guard.call(
+                    "SET",
+                    key,
+                    dt,
+                    lambda: store(keys=[rkey, lease_key], args=[token, blob, ttl_ms]),
+                )
         return Loaded(value, _FRESH, now)
 
     def _fall_back(
