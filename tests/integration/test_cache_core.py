@@ -32,32 +32,13 @@ from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.cache_envelope_pb2 import CacheEnvelope
 from mcprouter.v1.experiment_pb2 import Experiment
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
+from tests.fakes import FakeClock, FixedRandom
 
 EXPERIMENT = DataType.DATA_TYPE_EXPERIMENT
 CACHED = ServeStatus.SERVE_STATUS_CACHED
 FRESH = ServeStatus.SERVE_STATUS_FRESH
 STALE = ServeStatus.SERVE_STATUS_STALE
 KEY = "experiment:exp-1"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class FixedRandom(random.Random):
-    def __init__(self, value: float) -> None:
-        super().__init__(0)
-        self.value = value
-
-    def random(self) -> float:
-        return self.value
 
 
 class CountingRedis(aioredis.Redis):

