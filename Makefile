@@ -29,6 +29,7 @@ test: install check
 generate: install
 	rm -rf $(GEN)/mcprouter/v1
 	$(BIN)/buf generate
+	$(BIN)/buf build --exclude-imports -o $(GEN)/mcprouter/v1/descriptor_set.binpb
 	$(PY) -m grpc_tools.protoc -I protos \
 		--grpc_python_out=$(GEN) \
 		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \

@@ -10,12 +10,13 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from mcprouter.server.app import App, open_app
 from mcprouter.server.config import Settings
 from mcprouter.server.grpc_errors import ErrorTranslationInterceptor
 from mcprouter.server.health import HealthMonitor
+from mcprouter.server.reflection import DocumentedReflectionServicer, documented_files
 from mcprouter.server.servicer import RouterServicer
 from mcprouter.v1 import router_service_pb2, router_service_pb2_grpc
 
@@ -39,13 +40,13 @@ def build_server(app: App, health: health_aio.HealthServicer) -> grpc.aio.Server
         RouterServicer(app.router, app.cache_ops, app.stats), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            router_service_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    services = (
+        router_service_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        DocumentedReflectionServicer(services, documented_files()), server
     )
     return server
 
@@ -73,9 +74,10 @@ async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = 
         port = server.add_insecure_port(settings.listen_address)
         if port == 0:
             raise RuntimeError(f"could not listen on {settings.listen_address}")
-        await server.start()
         try:
+            # Probe first, so the first health answer a client gets is a real one.
             await monitor.start()
+            await server.start()
             log.info(
                 "mcp-router serving on %s (port %d); operations: %s",
                 settings.listen_address,
