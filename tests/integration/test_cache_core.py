@@ -118,6 +118,9 @@ async def cache(
         CircuitBreaker(clock=clock),
         clock=clock,
         rng=random.Random(7),
+        # Generous: loads are counted, so a slow GET on a busy machine must not
+        # fail open. Tests of timeouts build their own core.
+        redis_timeout=2.0,
     )
     try:
         yield core
@@ -326,8 +329,12 @@ async def test_lease_makes_second_instance_wait_for_the_first(
 ) -> None:
     # Two CacheAside objects with their own single-flight maps are two processes.
     stats_a, stats_b = CacheStats(), CacheStats()
-    a = CacheAside(redis_client, KeySpace(namespace), stats_a, CircuitBreaker(), clock=clock)
-    b = CacheAside(redis_client, KeySpace(namespace), stats_b, CircuitBreaker(), clock=clock)
+    a = CacheAside(
+        redis_client, KeySpace(namespace), stats_a, CircuitBreaker(), clock=clock, redis_timeout=2.0
+    )
+    b = CacheAside(
+        redis_client, KeySpace(namespace), stats_b, CircuitBreaker(), clock=clock, redis_timeout=2.0
+    )
     store_a, store_b = Store(), Store()
     value = store_a.put(KEY)
     store_b.put(KEY)
@@ -510,7 +517,9 @@ async def test_breaker_closes_when_redis_is_back(
         await down.aclose()
     assert breaker.state == "open"
     # Redis is back: the same breaker now guards a client of a live server.
-    up = CacheAside(redis_client, KeySpace(namespace), stats, breaker, clock=clock)
+    up = CacheAside(
+        redis_client, KeySpace(namespace), stats, breaker, clock=clock, redis_timeout=2.0
+    )
     try:
         assert (await up.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == FRESH
         assert breaker.state == "open"  # still open: Redis was skipped

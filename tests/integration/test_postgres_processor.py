@@ -92,7 +92,10 @@ def build_rig(
 ) -> Rig:
     stats, clock = CacheStats(), Clock()
     keyspace = KeySpace(namespace)
-    cache = CacheAside(redis, keyspace, stats, breaker, clock=clock, redis_timeout=0.2)
+    # A generous timeout: these tests count queries and must not fail open
+    # because a busy machine made one GET slow. Outage tests use dead servers,
+    # which refuse at once.
+    cache = CacheAside(redis, keyspace, stats, breaker, clock=clock, redis_timeout=2.0)
     store = PostgresStore(pool)
     processor = PostgresProcessor(store, cache, RedisProcessor(redis, keyspace, stats), policies())
     return Rig(processor, store, cache, stats, clock)
