@@ -33,7 +33,8 @@ import asyncpg
 from asyncpg import Record
 
 from mcprouter.server import errors
-from mcprouter.server.assignment import MAX_WEIGHT, MIN_WEIGHT, assign
+from mcprouter.server.assignment import assign
+from mcprouter.server.entity_checks import check_experiment, check_user_profile
 from mcprouter.server.validation import Violations
 from mcprouter.v1.experiment_pb2 import (
     Assignment,
@@ -42,14 +43,6 @@ from mcprouter.v1.experiment_pb2 import (
     UserProfile,
     Variant,
 )
-
-MAX_VARIANTS = 100
-MAX_NAME_LENGTH = 256
-MAX_DESCRIPTION_LENGTH = 4096
-MAX_SALT_LENGTH = 64
-MAX_ATTRIBUTES = 256
-MAX_ATTRIBUTE_KEY_LENGTH = 128
-MAX_ATTRIBUTE_VALUE_LENGTH = 4096
 
 # Stored as short lower-case words so the table reads well in psql.
 _STATUS_TO_DB: dict[ExperimentStatus.ValueType, str] = {
@@ -108,59 +101,16 @@ RETURNING variant, bucket, assigned_at
 
 
 def validate_experiment(exp: Experiment, field: str = "experiment") -> None:
-    """Check an experiment before it is stored.
-
-    Args:
-        exp: The experiment to upsert.
-        field: Path of the message in the request, prefixed to violations.
-
-    Raises:
-        errors.InvalidArgument: Listing every bad field.
-    """
+    """Raise ``InvalidArgument`` unless ``exp`` may be stored."""
     v = Violations()
-    v.identifier(f"{field}.experiment_id", exp.experiment_id)
-    v.text(f"{field}.name", exp.name, MAX_NAME_LENGTH)
-    v.text(f"{field}.description", exp.description, MAX_DESCRIPTION_LENGTH)
-    if exp.status not in _STATUS_TO_DB:
-        v.add(f"{field}.status", "must be DRAFT, RUNNING, PAUSED or COMPLETED")
-    v.count(f"{field}.variants", len(exp.variants), 1, MAX_VARIANTS)
-    seen: set[str] = set()
-    for index, variant in enumerate(exp.variants):
-        path = f"{field}.variants[{index}]"
-        # Variant names become cache-key segments (metrics keys).
-        v.identifier(f"{path}.name", variant.name)
-        if variant.name in seen:
-            v.add(f"{path}.name", f"duplicates variant {variant.name!r}")
-        seen.add(variant.name)
-        if not MIN_WEIGHT <= variant.weight <= MAX_WEIGHT:
-            v.add(f"{path}.weight", f"must be in {MIN_WEIGHT}..{MAX_WEIGHT}")
-    if exp.version < 0:
-        v.add(f"{field}.version", "must be 0 (create) or the version read")
-    if exp.salt:
-        v.text(f"{field}.salt", exp.salt, MAX_SALT_LENGTH)
+    check_experiment(v, exp, field)
     v.raise_if_any()
 
 
 def validate_user_profile(profile: UserProfile, field: str = "profile") -> None:
-    """Check a user profile before it is stored.
-
-    Args:
-        profile: The profile to upsert.
-        field: Path of the message in the request, prefixed to violations.
-
-    Raises:
-        errors.InvalidArgument: Listing every bad field.
-    """
+    """Raise ``InvalidArgument`` unless ``profile`` may be stored."""
     v = Violations()
-    v.identifier(f"{field}.user_id", profile.user_id)
-    if len(profile.attributes) > MAX_ATTRIBUTES:
-        v.add(f"{field}.attributes", f"must hold at most {MAX_ATTRIBUTES} entries")
-    for key, value in profile.attributes.items():
-        if not 1 <= len(key) <= MAX_ATTRIBUTE_KEY_LENGTH:
-            v.add(f"{field}.attributes", f"keys must be 1..{MAX_ATTRIBUTE_KEY_LENGTH} characters")
-        v.text(f"{field}.attributes[{key[:32]!r}]", value, MAX_ATTRIBUTE_VALUE_LENGTH)
-    if profile.version < 0:
-        v.add(f"{field}.version", "must be 0 (create) or the version read")
+    check_user_profile(v, profile, field)
     v.raise_if_any()
 
 

@@ -16,26 +16,21 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mcprouter.server import keys
+from mcprouter.server.entity_checks import check_experiment, check_user_profile
 from mcprouter.server.errors import InvalidArgument
 from mcprouter.server.validation import Violations
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import search_pb2 as search
-from mcprouter.v1.experiment_pb2 import ExperimentStatus
 
 MAX_KEYS_PER_CALL = 500
 MAX_EVENTS_PER_CALL = 1000
 MAX_ITEMS_PER_CALL = 1000
 MAX_DIMENSION = 4096
 MAX_K = 100
-MAX_VARIANTS = 20
-MAX_WEIGHT = 10_000
 MAX_FILTER_CONDITIONS = 16
 MAX_FILTER_VALUES = 100
-MAX_ATTRIBUTES = 64
 MAX_METADATA_ENTRIES = 32
-MAX_NAME_LENGTH = 256
-MAX_DESCRIPTION_LENGTH = 4096
-MAX_ATTRIBUTE_VALUE_LENGTH = 1024
+MAX_METADATA_VALUE_LENGTH = 1024
 MAX_DOCUMENT_LENGTH = 65_536
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 # Clocks drift; an event "from the future" beyond this is a client bug.
@@ -111,7 +106,7 @@ def _metadata_value(v: Violations, field: str, value: search.MetadataValue) -> N
     elif kind == "double_value":
         v.finite(field, value.double_value)
     elif kind == "string_value":
-        v.text(field, value.string_value, MAX_ATTRIBUTE_VALUE_LENGTH)
+        v.text(field, value.string_value, MAX_METADATA_VALUE_LENGTH)
 
 
 def _filter(v: Violations, field: str, flt: search.MetadataFilter) -> None:
@@ -152,45 +147,17 @@ def _track_events(v: Violations, op: rs.TrackEventsOperation, now: datetime) -> 
 
 
 def _upsert_experiment(v: Violations, op: rs.UpsertExperimentOperation, now: datetime) -> None:
-    p = "upsert_experiment.experiment"
     if not op.HasField("experiment"):
-        v.add(p, "is required")
-        return
-    exp = op.experiment
-    v.identifier(f"{p}.experiment_id", exp.experiment_id)
-    if not exp.name:
-        v.add(f"{p}.name", "is required")
-    v.text(f"{p}.name", exp.name, MAX_NAME_LENGTH)
-    v.text(f"{p}.description", exp.description, MAX_DESCRIPTION_LENGTH)
-    if exp.status not in ExperimentStatus.values() or exp.status == 0:
-        v.add(f"{p}.status", "must be a known EXPERIMENT_STATUS_* value other than UNSPECIFIED")
-    v.count(f"{p}.variants", len(exp.variants), 1, MAX_VARIANTS)
-    seen: set[str] = set()
-    for i, variant in enumerate(exp.variants[:MAX_VARIANTS]):
-        v.identifier(f"{p}.variants[{i}].name", variant.name)
-        if variant.name in seen:
-            v.add(f"{p}.variants[{i}].name", "must be unique within the experiment")
-        seen.add(variant.name)
-        if not 1 <= variant.weight <= MAX_WEIGHT:
-            v.add(f"{p}.variants[{i}].weight", f"must be 1..{MAX_WEIGHT}")
-    if exp.version < 0:
-        v.add(f"{p}.version", "must be 0 (create) or the version last read")
-    if exp.salt:
-        v.identifier(f"{p}.salt", exp.salt)
+        v.add("upsert_experiment.experiment", "is required")
+    else:
+        check_experiment(v, op.experiment, "upsert_experiment.experiment")
 
 
 def _upsert_user_profile(v: Violations, op: rs.UpsertUserProfileOperation, now: datetime) -> None:
-    p = "upsert_user_profile.profile"
     if not op.HasField("profile"):
-        v.add(p, "is required")
-        return
-    v.identifier(f"{p}.user_id", op.profile.user_id)
-    v.count(f"{p}.attributes", len(op.profile.attributes), 0, MAX_ATTRIBUTES)
-    for name, value in op.profile.attributes.items():
-        v.identifier(f"{p}.attributes[{name!r}]", name)
-        v.text(f"{p}.attributes[{name!r}]", value, MAX_ATTRIBUTE_VALUE_LENGTH)
-    if op.profile.version < 0:
-        v.add(f"{p}.version", "must be 0 (create) or the version last read")
+        v.add("upsert_user_profile.profile", "is required")
+    else:
+        check_user_profile(v, op.profile, "upsert_user_profile.profile")
 
 
 def _upsert_embeddings(v: Violations, op: rs.UpsertEmbeddingsOperation, now: datetime) -> None:
