@@ -97,7 +97,9 @@ def build_rig(
     # which refuse at once.
     cache = CacheAside(redis, keyspace, stats, breaker, clock=clock, redis_timeout=2.0)
     store = PostgresStore(pool)
-    processor = PostgresProcessor(store, cache, RedisProcessor(redis, keyspace, stats), policies())
+    processor = PostgresProcessor(
+        store, cache, RedisProcessor(redis, keyspace, stats, cache), policies()
+    )
     return Rig(processor, store, cache, stats, clock)
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from mcprouter.server.cache import CacheAside, CircuitBreaker
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.redis_connection import create_redis
@@ -15,9 +16,15 @@ from mcprouter.server.redis_processor import UNLINK_BATCH, RedisProcessor
 from mcprouter.server.stats import CacheStats
 
 
+def processor(redis: aioredis.Redis, namespace: str, stats: CacheStats) -> RedisProcessor:
+    space = KeySpace(namespace)
+    cache = CacheAside(redis, space, stats, CircuitBreaker(), redis_timeout=2.0)
+    return RedisProcessor(redis, space, stats, cache)
+
+
 @pytest.fixture
 async def ops(redis_client: aioredis.Redis, namespace: str) -> RedisProcessor:
-    return RedisProcessor(redis_client, KeySpace(namespace), CacheStats())
+    return processor(redis_client, namespace, CacheStats())
 
 
 @pytest.fixture
@@ -101,7 +108,7 @@ async def test_invalidations_are_counted(
     ops: RedisProcessor, redis_client: aioredis.Redis, namespace: str
 ) -> None:
     stats = CacheStats()
-    counted = RedisProcessor(redis_client, KeySpace(namespace), stats)
+    counted = processor(redis_client, namespace, stats)
     await redis_client.mset({namespace + "experiment:a": b"1", namespace + "experiment:b": b"1"})
     await counted.invalidate_pattern("experiment:*")
     assert stats.snapshot().invalidations == 2
@@ -126,8 +133,8 @@ async def test_figures_report_memory_and_keys(ops: RedisProcessor) -> None:
 
 async def test_redis_down_is_reported_not_swallowed(dead_redis: aioredis.Redis) -> None:
     stats = CacheStats()
-    ops = RedisProcessor(dead_redis, KeySpace(""), stats)
-    with pytest.raises(CacheUnavailable, match="Invalidate was not done"):
+    ops = processor(dead_redis, "", stats)
+    with pytest.raises(CacheUnavailable, match="could not invalidate"):
         await ops.invalidate_keys(["experiment:e1"])
     with pytest.raises(CacheUnavailable):
         await ops.get_cached(["experiment:e1"])

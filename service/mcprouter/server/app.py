@@ -10,6 +10,7 @@ argument.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
-from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
+from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker, LocalCache
 from mcprouter.server.config import Settings
 from mcprouter.server.embedded import embedded_postgres, embedded_redis
 from mcprouter.server.health import Probe
@@ -121,9 +122,17 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             failure_threshold=settings.redis_breaker_failures,
             reset_timeout=settings.redis_breaker_reset_s,
         )
-        cache = CacheAside(redis, keyspace, stats, breaker, redis_timeout=redis_timeout_s)
+        local = LocalCache(
+            max_entries=settings.cache_local_max_entries,
+            max_age=settings.cache_local_max_age_s,
+            clock=time.time,
+        )
+        cache = CacheAside(
+            redis, keyspace, stats, breaker, redis_timeout=redis_timeout_s, local=local
+        )
+        cache.start()
         stack.push_async_callback(cache.aclose)
-        cache_ops = RedisProcessor(redis, keyspace, stats)
+        cache_ops = RedisProcessor(redis, keyspace, stats, cache)
         postgres_processor = PostgresProcessor(
             PostgresStore(postgres), cache, cache_ops, postgres_policies(settings)
         )

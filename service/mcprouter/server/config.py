@@ -86,6 +86,19 @@ class Settings(BaseSettings):
     cache_negative_ttl_s: int = Field(
         30, ge=1, description="How long a 'not found' answer is cached."
     )
+    cache_local_max_entries: int = Field(
+        10_000,
+        ge=0,
+        description="Entries of the in-process L1 in front of Redis (hot keys skip the "
+        "Redis round trip); 0 turns it off.",
+    )
+    cache_local_max_age_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="Longest an L1 entry is served; every invalidation also reaches the "
+        "L1 of every instance through Redis pub/sub.",
+    )
     redis_breaker_failures: int = Field(
         5, ge=1, description="Consecutive Redis failures that open the circuit breaker."
     )

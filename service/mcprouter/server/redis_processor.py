@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mcprouter.server import keys
+from mcprouter.server.cache import CacheAside
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats
@@ -52,10 +53,15 @@ class RedisFigures:
 class RedisProcessor:
     """Cache-only operations on the shared Redis."""
 
-    def __init__(self, redis: aioredis.Redis, keyspace: KeySpace, stats: CacheStats) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, keyspace: KeySpace, stats: CacheStats, cache: CacheAside
+    ) -> None:
         self._redis = redis
         self._keyspace = keyspace
         self._stats = stats
+        # Exact keys go through the core, and pattern removals are announced
+        # through it, so every instance's in-process L1 drops them too.
+        self._cache = cache
 
     @asynccontextmanager
     async def _reporting(self, action: str) -> AsyncIterator[None]:
@@ -86,17 +92,11 @@ class RedisProcessor:
 
     async def invalidate_keys(self, client_keys: Sequence[str]) -> int:
         """Remove exactly these keys; return how many existed."""
-        async with self._reporting("Invalidate"):
-            removed = await self._unlink([self._keyspace.redis_key(k) for k in client_keys])
-        self._stats.invalidated(removed)
-        return removed
+        return await self._cache.invalidate(client_keys)
 
     async def invalidate_pattern(self, pattern: str) -> int:
         """Remove the keys matching a validated one-family pattern."""
-        async with self._reporting("Invalidate"):
-            removed = await self._unlink_matching(self._keyspace.redis_key(pattern))
-        self._stats.invalidated(removed)
-        return removed
+        return await self._invalidate_entity([], [pattern])
 
     async def invalidate_experiment(self, experiment_id: str) -> int:
         """Remove an experiment and everything derived from it."""
@@ -115,12 +115,14 @@ class RedisProcessor:
         return await self._invalidate_entity([], [keys.collection_pattern(collection)])
 
     async def _invalidate_entity(self, exact: list[str], patterns: list[str]) -> int:
+        removed = await self._cache.invalidate(exact) if exact else 0
         async with self._reporting("Invalidate"):
-            removed = await self._unlink([self._keyspace.redis_key(k) for k in exact])
+            scanned = 0
             for pattern in patterns:
-                removed += await self._unlink_matching(self._keyspace.redis_key(pattern))
-        self._stats.invalidated(removed)
-        return removed
+                scanned += await self._unlink_matching(self._keyspace.redis_key(pattern))
+        self._stats.invalidated(scanned)
+        await self._cache.announce(patterns)
+        return removed + scanned
 
     async def _unlink_matching(self, redis_pattern: str) -> int:
         removed = 0

@@ -27,6 +27,8 @@ class Outcome(StrEnum):
     REDIS_ERROR = "errors"
     EARLY_REFRESH = "early_refreshes"
     LEASE_WAIT = "lease_waits"
+    # A HIT served from this process's memory (L1), without a Redis round trip.
+    LOCAL_HIT = "local_hits"
 
 
 # Outcomes that answered a read without a store query.

@@ -755,6 +755,7 @@ class DataTypeStats(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     EARLY_REFRESHES_FIELD_NUMBER: _builtins.int
     LEASE_WAITS_FIELD_NUMBER: _builtins.int
+    LOCAL_HITS_FIELD_NUMBER: _builtins.int
     data_type: _serve_status_pb2.DataType.ValueType
     """data_type is the family counted."""
     hits: _builtins.int
@@ -775,6 +776,10 @@ class DataTypeStats(_message.Message):
     """early_refreshes counts loads started before expiry (XFetch)."""
     lease_waits: _builtins.int
     """lease_waits counts reads that waited for another instance's load."""
+    local_hits: _builtins.int
+    """local_hits counts the hits served from the server's memory (its L1)
+    without a Redis round trip; they are included in hits.
+    """
     def __init__(
         self,
         *,
@@ -788,10 +793,11 @@ class DataTypeStats(_message.Message):
         errors: _builtins.int = ...,
         early_refreshes: _builtins.int = ...,
         lease_waits: _builtins.int = ...,
+        local_hits: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_type", b"data_type", "early_refreshes", b"early_refreshes", "errors", b"errors", "hits", b"hits", "lease_waits", b"lease_waits", "load_errors", b"load_errors", "loads", b"loads", "misses", b"misses", "negative_hits", b"negative_hits", "stale", b"stale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_type", b"data_type", "early_refreshes", b"early_refreshes", "errors", b"errors", "hits", b"hits", "lease_waits", b"lease_waits", "load_errors", b"load_errors", "loads", b"loads", "local_hits", b"local_hits", "misses", b"misses", "negative_hits", b"negative_hits", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

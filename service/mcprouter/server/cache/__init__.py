@@ -7,12 +7,15 @@ data type is cached with a ``CachePolicy``. Module map:
 - ``loading``: one key's load under the cross-process lease, stale-if-error.
 - ``bulk``: the MGET / one-loader-call / pipeline path.
 - ``guard``: the Redis boundary: timeouts, breaker, fail open.
+- ``local``, ``feed``: the in-process L1 and the pub/sub invalidation feed
+  that keeps it coherent across instances.
 - ``policy``, ``envelope``, ``breaker``, ``single_flight``, ``served``: the parts.
 """
 
 from mcprouter.server.cache.breaker import BreakerState, CircuitBreaker
 from mcprouter.server.cache.core import CacheAside
 from mcprouter.server.cache.envelope import SCHEMA_VERSION, Entry, decode, encode
+from mcprouter.server.cache.local import LocalCache
 from mcprouter.server.cache.policy import CachePolicy, xfetch_due
 from mcprouter.server.cache.served import BulkLoader, Loader, Served
 from mcprouter.server.cache.single_flight import SingleFlight
@@ -26,6 +29,7 @@ __all__ = [
     "CircuitBreaker",
     "Entry",
     "Loader",
+    "LocalCache",
     "Served",
     "SingleFlight",
     "decode",

@@ -15,24 +15,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from google.protobuf.message import Message
 
 from mcprouter.server.cache.breaker import CircuitBreaker
 from mcprouter.server.cache.bulk import BulkReader
 from mcprouter.server.cache.envelope import Entry, decode
+from mcprouter.server.cache.feed import InvalidationFeed, encode_message
 from mcprouter.server.cache.guard import REDIS_ERRORS, Down, GuardedRedis
 from mcprouter.server.cache.loading import KeyLoader, Loaded
+from mcprouter.server.cache.local import LocalCache
 from mcprouter.server.cache.policy import CachePolicy, xfetch_due
 from mcprouter.server.cache.served import BulkLoader, Loader, M, Served, not_found, parse, utc
 from mcprouter.server.cache.single_flight import SingleFlight
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats, Outcome
-from mcprouter.v1.serve_status_pb2 import ServeStatus
+from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 
 logger = logging.getLogger("mcprouter.server.cache")
 
@@ -52,6 +56,7 @@ class CacheAside:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         redis_timeout: float = 0.25,
+        local: LocalCache | None = None,
     ) -> None:
         """Borrow a Redis client (bytes replies: ``decode_responses=False``).
 
@@ -63,6 +68,8 @@ class CacheAside:
             clock: Epoch seconds, for freshness and load durations.
             rng: Random source of TTL jitter and XFetch.
             redis_timeout: Bound on each Redis call, in seconds.
+            local: An in-process L1 to serve hot keys from; it serves once
+                ``start()`` has connected the invalidation feed.
         """
         self._guard = GuardedRedis(redis, breaker, stats, redis_timeout)
         self._redis = redis
@@ -73,6 +80,16 @@ class CacheAside:
         self._flights: SingleFlight[Loaded] = SingleFlight()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._generation = 0
+        self._local = (
+            local if local is not None else LocalCache(max_entries=0, max_age=0, clock=clock)
+        )
+        self._origin = secrets.token_hex(8)
+        self._feed = InvalidationFeed(
+            redis,
+            keyspace.internal("invalidations"),
+            apply=self._apply_remote,
+            on_connected=self._local.set_coherent,
+        )
         self._loader = KeyLoader(
             self._guard,
             keyspace,
@@ -89,6 +106,11 @@ class CacheAside:
             rng=self._rng,
             generation=lambda: self._generation,
         )
+
+    def start(self) -> None:
+        """Connect the invalidation feed, which turns the L1 on (if configured)."""
+        if self._local.configured:
+            self._feed.start()
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -120,15 +142,33 @@ class CacheAside:
                 key, message_type, loader, policy, None, use_redis=False
             )
             return self._served(key, loaded, message_type, policy)
+        local = self._local.get(key)
+        if local is not None and isinstance(local.value, message_type | None):
+            return self._served_locally(key, local.value, local.stored_at, dt)
+        generation = self._local.generation
         rkey = self._keyspace.redis_key(key)
         raw = await self._guard.call("GET", key, dt, lambda: self._redis.get(rkey))
         entry = None if isinstance(raw, Down) else decode(raw, dt)
         if entry is not None and entry.is_fresh(self._clock()):
             if entry.not_found:
+                self._local.put(
+                    key,
+                    None,
+                    stored_at=entry.stored_at,
+                    fresh_until=entry.fresh_until,
+                    generation=generation,
+                )
                 self._stats.record(dt, Outcome.NEGATIVE_HIT)
                 raise not_found(key, dt)
             value = parse(entry.payload, message_type)
             if value is not None:
+                self._local.put(
+                    key,
+                    value,
+                    stored_at=entry.stored_at,
+                    fresh_until=entry.fresh_until,
+                    generation=generation,
+                )
                 self._stats.record(dt, Outcome.HIT)
                 self._maybe_refresh_early(key, message_type, loader, policy, entry)
                 return Served(value, _CACHED, key, utc(entry.stored_at))
@@ -195,15 +235,16 @@ class CacheAside:
         unique = list(dict.fromkeys(keys))
         if not unique:
             return 0
-        self._generation += 1
-        for key in unique:
-            self._flights.forget(key)
+        self._forget(unique, [])
+        message = encode_message(unique, [], origin=self._origin)
 
         async def unlink() -> int:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.unlink(*(self._keyspace.redis_key(k) for k in unique))
                 pipe.unlink(*(self._keyspace.internal("lease", k) for k in unique))
-                removed, _ = await pipe.execute()
+                # After the UNLINKs: when other instances hear of it, it is done.
+                pipe.publish(self._feed.channel, message)
+                removed, _, _ = await pipe.execute()
             return int(removed)
 
         try:
@@ -218,8 +259,51 @@ class CacheAside:
         self._stats.invalidated(removed)
         return removed
 
+    async def announce(self, patterns: Sequence[str]) -> None:
+        """Tell every instance's L1 that keys matching ``patterns`` were removed.
+
+        For invalidations done outside this core (SCAN + UNLINK by pattern);
+        call it after the keys are gone from Redis.
+
+        Raises:
+            CacheUnavailable: Redis failed; other instances may serve the old
+                values from memory for up to the L1's ``max_age``.
+        """
+        self._forget([], patterns)
+        message = encode_message([], patterns, origin=self._origin)
+        try:
+            await self._guard.strict(lambda: self._redis.publish(self._feed.channel, message))
+        except REDIS_ERRORS as exc:
+            raise CacheUnavailable(
+                "removed the keys but could not announce it to other instances: "
+                f"{', '.join(patterns[:5])}",
+                metadata={"pattern": ",".join(patterns[:20])},
+            ) from exc
+
+    def _forget(self, keys: Sequence[str], patterns: Sequence[str]) -> None:
+        """Drop keys from the L1 and detach their running loads."""
+        self._generation += 1
+        self._local.drop(keys, patterns)
+        for key in [*keys, *self._flights.matching(patterns)]:
+            self._flights.forget(key)
+
+    def _apply_remote(self, keys: list[str], patterns: list[str], origin: str) -> None:
+        if origin != self._origin:  # our own were applied when made
+            self._forget(keys, patterns)
+
+    def _served_locally(
+        self, key: str, value: Message | None, stored_at: float, dt: DataType.ValueType
+    ) -> Served[Any]:
+        if value is None:
+            self._stats.record(dt, Outcome.NEGATIVE_HIT)
+            raise not_found(key, dt)
+        self._stats.record(dt, Outcome.HIT)
+        self._stats.record(dt, Outcome.LOCAL_HIT)
+        return Served(value, _CACHED, key, utc(stored_at))
+
     async def aclose(self) -> None:
         """Cancel and await every load still running, background refreshes included."""
+        await self._feed.aclose()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -8,8 +8,9 @@ client went away) leaves the load running for everyone else who waits on it.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -56,6 +57,12 @@ class SingleFlight(Generic[T]):
         Its waiters still get its result, but new callers start a new load.
         """
         self._tasks.pop(key, None)
+
+    def matching(self, patterns: Sequence[str]) -> list[str]:
+        """Keys with a registered load that match any Redis-style glob pattern."""
+        if not patterns:
+            return []
+        return [k for k in self._tasks if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
 
     def pending(self) -> list[asyncio.Task[T]]:
         """The loads still registered."""

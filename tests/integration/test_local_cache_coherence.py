@@ -1,0 +1,110 @@
+"""Two instances with an L1 each, sharing one real Redis: an invalidation on
+either one reaches the other's memory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker, LocalCache
+from mcprouter.server.keys import KeySpace
+from mcprouter.server.stats import CacheStats, Outcome
+from mcprouter.v1.experiment_pb2 import Experiment
+from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
+
+EXPERIMENT = DataType.DATA_TYPE_EXPERIMENT
+POLICY = CachePolicy(EXPERIMENT, fresh_ttl=600, xfetch_beta=0.0)
+KEY = "experiment:hot"
+
+
+class Instance:
+    def __init__(self, redis: aioredis.Redis, namespace: str) -> None:
+        self.stats = CacheStats()
+        self.local = LocalCache(
+            max_entries=100, max_age=60, clock=lambda: asyncio.get_running_loop().time() + 1e9
+        )
+        self.cache = CacheAside(
+            redis,
+            KeySpace(namespace),
+            self.stats,
+            CircuitBreaker(),
+            redis_timeout=2.0,
+            local=self.local,
+        )
+        self.loads = 0
+        self.version = 1
+
+    def loader(self) -> Callable[[], Awaitable[Experiment | None]]:
+        async def load() -> Experiment:
+            self.loads += 1
+            return Experiment(experiment_id="hot", version=self.version)
+
+        return load
+
+    async def read(self) -> tuple[int, int]:
+        served = await self.cache.get_or_load(KEY, Experiment, self.loader(), POLICY)
+        return served.status, served.value.version
+
+    def local_hits(self) -> int:
+        return self.stats.snapshot().per_type.get(EXPERIMENT, {}).get(Outcome.LOCAL_HIT, 0)
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached within 2 s")
+
+
+@pytest.fixture
+async def pair(
+    redis_client: aioredis.Redis, namespace: str
+) -> AsyncIterator[tuple[Instance, Instance]]:
+    a, b = Instance(redis_client, namespace), Instance(redis_client, namespace)
+    a.cache.start()
+    b.cache.start()
+    await eventually(lambda: a.local.active and b.local.active)
+    yield a, b
+    await a.cache.aclose()
+    await b.cache.aclose()
+
+
+async def test_hot_reads_skip_redis_until_another_instance_invalidates(
+    pair: tuple[Instance, Instance],
+) -> None:
+    a, b = pair
+    assert await a.read() == (ServeStatus.SERVE_STATUS_FRESH, 1)
+    assert await a.read() == (ServeStatus.SERVE_STATUS_CACHED, 1)  # from Redis, now in L1
+    assert await a.read() == (ServeStatus.SERVE_STATUS_CACHED, 1)
+    assert a.local_hits() == 1
+
+    b.version = a.version = 2  # the write commits ...
+    await b.cache.invalidate([KEY])  # ... and B invalidates
+    await eventually(lambda: a.local.get(KEY) is None)
+    assert await a.read() == (ServeStatus.SERVE_STATUS_FRESH, 2)
+    assert a.loads == 2
+
+
+async def test_pattern_announcements_reach_other_instances(
+    pair: tuple[Instance, Instance],
+) -> None:
+    a, b = pair
+    await a.read()
+    await a.read()
+    assert a.local.get(KEY) is not None
+    await b.cache.announce(["experiment:h*"])
+    await eventually(lambda: a.local.get(KEY) is None)
+
+
+async def test_no_local_hits_without_the_feed(redis_client: aioredis.Redis, namespace: str) -> None:
+    lone = Instance(redis_client, namespace)  # never started: feed not connected
+    try:
+        for _ in range(3):
+            await lone.read()
+        assert lone.local_hits() == 0
+    finally:
+        await lone.cache.aclose()
