@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import router_service_pb2_grpc as rs_grpc
+from mcprouter.v1.serve_status_pb2 import DataType
 
 REPO = Path(__file__).resolve().parent.parent
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -87,6 +88,24 @@ class Channels:
     async def stats(self) -> rs.StatsResponse:
         """The server's Stats snapshot."""
         return await self.stubs[0].Stats(rs.StatsRequest(), timeout=10)
+
+
+def type_stats(stats: rs.StatsResponse, data_type: DataType.ValueType) -> rs.DataTypeStats:
+    """The per-type counters of ``data_type``."""
+    for entry in stats.data_types:
+        if entry.data_type == data_type:
+            return entry
+    return rs.DataTypeStats(data_type=data_type)
+
+
+def diff(after: rs.DataTypeStats, before: rs.DataTypeStats, name: str) -> int:
+    """Counter increase between two snapshots."""
+    return int(getattr(after, name)) - int(getattr(before, name))
+
+
+def local_hits(stats: rs.StatsResponse) -> int:
+    """Hits served from the server's in-process L1, all data types together."""
+    return sum(int(entry.local_hits) for entry in stats.data_types)
 
 
 async def run_closed_loop(

@@ -1,15 +1,19 @@
-"""Benchmark of the PostgreSQL operations of RouteData through the Redis cache.
+"""Benchmark of the PostgreSQL operations of RouteData through the cache.
 
-Starts three server subprocesses (the real mcp-router with the cache, the real
-one with ``CACHE_ENABLED=false``, and a bare grpc.aio RouterService that answers
-a prebuilt response), loads experiments and 100 000 user profiles with COPY
-into a database of its own, and prints:
+Starts four server subprocesses (the real mcp-router with its default cache,
+in-process L1 in front of Redis included; the same with the L1 off,
+``CACHE_LOCAL_MAX_ENTRIES=0``; the same with ``CACHE_ENABLED=false``; and a
+bare grpc.aio RouterService that answers a prebuilt response), loads
+experiments and 100 000 user profiles with COPY into a database of its own,
+and prints:
 
 1. RPS and p50/p99 of GetExperiment, GetUserProfile and GetAssignment at each
-   concurrency for: cache hit, cache miss, caching disabled, bare server;
-2. a Zipf(1.1) read workload over every profile, starting from a cold cache
-   (hit rate and store queries avoided, from the server's Stats RPC);
-3. a 64-way single-flight stampede on cold experiment keys (store loads per key).
+   concurrency for: L1 hit, Redis hit, cache miss, caching disabled, bare
+   server, with how many answers the L1 served (Stats ``local_hits``);
+2. the ratios of both hit kinds to the bare and no-cache servers;
+3. a Zipf(1.1) read workload over every profile, starting from a cold cache
+   (hit rate, L1 hits and store queries avoided, from the server's Stats RPC);
+4. a 64-way single-flight stampede on cold experiment keys (store loads per key).
 
 It prints figures and asserts nothing. Every process, the database and the
 Redis keys it made are removed on exit, Ctrl-C included.
@@ -25,7 +29,6 @@ import json
 import secrets
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -35,25 +38,39 @@ from pathlib import Path
 
 import uvloop
 from _common import (
-    REPO,
     Channels,
     LoadResult,
     RequestFactory,
-    ServerProcess,
     call_many,
+    diff,
     free_port,
+    local_hits,
     run_closed_loop,
     table,
+    type_stats,
 )
 from _data import copy_rows, create_database, drop_database, open_backends, unlink_matching
 from _profile import profile_server
+from _servers import (
+    L1_MAX_AGE_S,
+    L1_MAX_ENTRIES,
+    MODES,
+    SERVER_OF_MODE,
+    Servers,
+    bare_server,
+    open_channels,
+    start_routers,
+)
 from _workloads import OPERATIONS, KeyPlan, Zipf, get_experiment, ideal_hit_rate
 from _workloads import get_user_profile as profile_request
 
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 
-MODES = ("hit", "miss", "no-cache", "bare")
+# Modes whose server has no Stats worth reading (the bare one answers an empty one).
+NO_STATS = frozenset({"bare"})
+# The modes of the ratio table, in the order they alternate.
+RATIO_MODES = ("hit-l1", "hit-redis", "no-cache", "bare")
 
 
 @dataclass(frozen=True)
@@ -76,16 +93,6 @@ class Config:
     rounds: int
     postgres_dsn: str
     redis_url: str
-
-
-@dataclass
-class Servers:
-    """The three servers under test and a few channels to each."""
-
-    cached: ServerProcess
-    nocache: ServerProcess
-    bare: ServerProcess
-    channels: dict[str, Channels]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -146,34 +153,13 @@ def key_plan(cfg: Config) -> KeyPlan:
     )
 
 
-def router_server(name: str, port: int, env: dict[str, str], tmp: Path) -> ServerProcess:
-    """An ``mcp-router serve`` subprocess (its own DATA_DIR; LOG_LEVEL=WARNING)."""
-    data_dir = tmp / name
-    data_dir.mkdir()
-    env = {
-        "LISTEN_ADDRESS": f"127.0.0.1:{port}",
-        "DATA_DIR": str(data_dir),
-        "LOG_LEVEL": "WARNING",
-        "MIGRATE_ON_START": "true",
-        "SHUTDOWN_GRACE_S": "1",
-        **env,
-    }
-    argv = [str(REPO / ".venv/bin/mcp-router"), "serve"]
-    return ServerProcess(name, argv, env, port, tmp / f"{name}.log")
-
-
-def bare_server(port: int, responses: Path, tmp: Path) -> ServerProcess:
-    """The bare RouterService subprocess."""
-    argv = [sys.executable, str(Path(__file__).with_name("_bare_server.py")), str(port)]
-    return ServerProcess("bare", [*argv, str(responses)], {}, port, tmp / "bare.log")
-
-
-async def sample_responses(stub: Channels, plan: KeyPlan, path: Path) -> None:
+async def sample_responses(channels: Channels, plan: KeyPlan, path: Path) -> None:
     """Save one real answer per operation, for the bare server to replay."""
     answers = {}
     for op in OPERATIONS:
         request = plan.hit_factory(op)(0)
-        answers[op] = (await stub.stubs[0].RouteData(request, timeout=10)).SerializeToString().hex()
+        reply = await channels.stubs[0].RouteData(request, timeout=10)
+        answers[op] = reply.SerializeToString().hex()
     await asyncio.to_thread(path.write_text, json.dumps(answers))
 
 
@@ -188,56 +174,88 @@ async def warm_server(channels: Channels, plan: KeyPlan, seconds: float) -> None
     )
 
 
-async def measure(channels: Channels, factory: RequestFactory, c: int, cfg: Config) -> LoadResult:
-    """One bounded closed-loop cell."""
-    return await run_closed_loop(
+async def prime(srv: Servers, mode: str, plan: KeyPlan, op: str) -> None:
+    """Untimed reads of the working set of ``op`` on the server of ``mode``.
+
+    One pass stores every key in Redis (fresh for 30 min or more). For hit-l1
+    a second pass puts every key in the L1: the server admits a value to its
+    L1 on a Redis hit only, not when it has just loaded it from the store. An
+    L1 entry is served for at most ``CACHE_LOCAL_MAX_AGE_S`` from its admission
+    (L1 hits do not extend it) and is then read from Redis and admitted again.
+    """
+    for _ in range(2 if mode == "hit-l1" else 1):
+        await call_many(srv.of(mode).stubs[0], plan.warm_requests(op), 32)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measured cell and how many of its answers the server's L1 served."""
+
+    result: LoadResult
+    l1_hits: int | None  # None: the server has no cache Stats (bare)
+
+
+async def measure(srv: Servers, mode: str, factory: RequestFactory, c: int, cfg: Config) -> Cell:
+    """One bounded closed-loop cell, with the Stats ``local_hits`` diff around it."""
+    channels = srv.of(mode)
+    before = None if mode in NO_STATS else await channels.stats()
+    r = await run_closed_loop(
         channels.stubs,
         factory,
         concurrency=c,
         duration_s=cfg.duration_s,
         max_requests=cfg.max_requests,
     )
+    if before is None:
+        return Cell(r, None)
+    return Cell(r, local_hits(await channels.stats()) - local_hits(before))
 
 
-def fmt_row(op: str, mode: str, c: int, r: LoadResult) -> list[object]:
+def fmt_l1(hits: int | None, requests: int) -> str:
+    """L1 hits and their share of the successful requests."""
+    if hits is None:
+        return "-"
+    return f"{hits:,} ({hits / requests:.0%})" if requests else f"{hits:,}"
+
+
+def fmt_row(op: str, mode: str, c: int, cell: Cell) -> list[object]:
     """A table row of one cell."""
+    r = cell.result
     statuses = ",".join(
         f"{ServeStatus.Name(ServeStatus.ValueType(s))[13:]}:{n}"
         for s, n in sorted(r.statuses.items())
     )
     errors = ",".join(f"{k}:{v}" for k, v in r.error_codes.items()) or "0"
     latency = [f"{r.p(50) / 1000:.2f}", f"{r.p(99) / 1000:.2f}"]
-    return [op, mode, c, r.requests, f"{r.rps:,.0f}", *latency, errors, statuses]
+    l1 = fmt_l1(cell.l1_hits, r.requests)
+    return [op, mode, c, r.requests, f"{r.rps:,.0f}", *latency, errors, statuses, l1]
 
 
-async def run_matrix(
-    srv: Servers, plan: KeyPlan, cfg: Config
-) -> dict[tuple[str, str, int], LoadResult]:
+async def run_matrix(srv: Servers, plan: KeyPlan, cfg: Config) -> dict[tuple[str, str, int], Cell]:
     """Every (operation, mode, concurrency) cell; prints each row as it completes."""
-    results: dict[tuple[str, str, int], LoadResult] = {}
-    headers = [
-        "operation",
-        "mode",
-        "conc",
-        "requests",
-        "RPS",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "served",
-    ]
+    results: dict[tuple[str, str, int], Cell] = {}
+    headers = ["operation", "mode", "conc", "requests", "RPS", "p50 ms", "p99 ms"]
+    headers += ["errors", "served", "L1 hits"]
     rows: list[list[object]] = []
     for op in OPERATIONS:
-        await call_many(srv.channels["cached"].stubs[0], plan.warm_requests(op), 32)
+        # The L1 pass last, so that the hit-l1 cells start with every key just put.
+        for mode in ("hit-redis", "hit-l1"):
+            await prime(srv, mode, plan, op)
         for mode in MODES:
-            for cell, c in enumerate(cfg.concurrency):
-                factory = plan.miss_factory(op, cell) if mode == "miss" else plan.hit_factory(op)
-                server = {"hit": "cached", "miss": "cached"}.get(mode, mode)
-                r = await measure(srv.channels[server], factory, c, cfg)
-                results[(op, mode, c)] = r
-                rows.append(fmt_row(op, mode, c, r))
-                print(f"  {op:<17} {mode:<8} c={c:<3} {r.rps:>8,.0f} RPS", flush=True)
-    print("\n== RouteData over gRPC (closed loop; latency per call) ==")
+            for cell_no, c in enumerate(cfg.concurrency):
+                factory = plan.miss_factory(op, cell_no) if mode == "miss" else plan.hit_factory(op)
+                cell = await measure(srv, mode, factory, c, cfg)
+                results[(op, mode, c)] = cell
+                rows.append(fmt_row(op, mode, c, cell))
+                print(
+                    f"  {op:<17} {mode:<9} c={c:<3} {cell.result.rps:>8,.0f} RPS  "
+                    f"L1 {fmt_l1(cell.l1_hits, cell.result.requests)}",
+                    flush=True,
+                )
+    print(
+        "\n== RouteData over gRPC (closed loop; latency per call; L1 hits = Stats local_hits "
+        "diff on the server measured, and their share of the requests) =="
+    )
     print(table(headers, rows))
     return results
 
@@ -247,44 +265,50 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
-async def run_ratios(srv: Servers, plan: KeyPlan, cfg: Config) -> None:
-    """hit, bare and no-cache cells alternated for a few rounds; medians and ratios.
+def share_of(rps: dict[str, list[float]], mode: str, base: str) -> str:
+    """Median ``mode`` / median ``base`` RPS, with the range of the per-round ratios."""
+    per_round = [ratio(m, b) for m, b in zip(rps[mode], rps[base], strict=True)]
+    median = ratio(statistics.median(rps[mode]), statistics.median(rps[base]))
+    return f"{median:.0%} ({min(per_round):.0%}-{max(per_round):.0%})"
 
-    The machine is shared and noisy: interleaving the three servers and taking
+
+async def run_ratios(srv: Servers, plan: KeyPlan, cfg: Config) -> None:
+    """hit-l1, hit-redis, no-cache and bare cells alternated for a few rounds; medians and ratios.
+
+    The machine is shared and noisy: interleaving the servers and taking
     medians keeps a burst of background load from landing on one side only.
+    Each hit-l1 cell follows an untimed pass over the working set, since the
+    other cells of the round take longer than the L1's maximum age.
     """
     c = max(cfg.concurrency)
     rows = []
     for op in OPERATIONS:
-        rps: dict[str, list[float]] = {"hit": [], "bare": [], "no-cache": []}
+        rps: dict[str, list[float]] = {m: [] for m in RATIO_MODES}
+        l1_hits = l1_requests = 0
         for _ in range(cfg.rounds):
-            for mode, values in rps.items():
-                channels = srv.channels["cached" if mode == "hit" else mode]
-                values.append((await measure(channels, plan.hit_factory(op), c, cfg)).rps)
-        per_round = [ratio(h, b) for h, b in zip(rps["hit"], rps["bare"], strict=True)]
-        hit, bare, nocache = (statistics.median(rps[m]) for m in ("hit", "bare", "no-cache"))
-        rows.append([op, f"{hit:,.0f}", f"{bare:,.0f}", f"{nocache:,.0f}"])
-        rows[-1] += [f"{ratio(hit, bare):.0%}", f"{min(per_round):.0%}-{max(per_round):.0%}"]
-        rows[-1].append(f"{ratio(hit, nocache):.2f}x")
+            for mode in RATIO_MODES:
+                if mode == "hit-l1":
+                    await prime(srv, mode, plan, op)
+                cell = await measure(srv, mode, plan.hit_factory(op), c, cfg)
+                rps[mode].append(cell.result.rps)
+                if mode == "hit-l1":
+                    l1_hits += cell.l1_hits or 0
+                    l1_requests += cell.result.requests
+        medians = [f"{statistics.median(rps[m]):,.0f}" for m in RATIO_MODES]
+        versus_bare = [share_of(rps, m, "bare") for m in ("hit-l1", "hit-redis")]
+        versus_nocache = [
+            f"{ratio(statistics.median(rps[m]), statistics.median(rps['no-cache'])):.2f}x"
+            for m in ("hit-l1", "hit-redis")
+        ]
+        rows.append([op, *medians, *versus_bare, *versus_nocache, fmt_l1(l1_hits, l1_requests)])
     print(
-        f"\n== Ratios at concurrency {c}: hit / bare / no-cache alternated, "
-        f"{cfg.rounds} rounds, median RPS (target: hit >= 70% of bare) =="
+        f"\n== Ratios at concurrency {c}: {' / '.join(RATIO_MODES)} alternated, {cfg.rounds} "
+        "rounds, median RPS (x/bare: ratio of medians, per-round range in brackets; "
+        "target: hit-l1 >= 70% of bare) =="
     )
-    headers = ["operation", "hit RPS", "bare RPS", "no-cache RPS", "hit/bare"]
-    print(table([*headers, "per-round", "hit/no-cache"], rows))
-
-
-def type_stats(stats: rs.StatsResponse, data_type: DataType.ValueType) -> rs.DataTypeStats:
-    """The per-type counters of ``data_type``."""
-    for entry in stats.data_types:
-        if entry.data_type == data_type:
-            return entry
-    return rs.DataTypeStats(data_type=data_type)
-
-
-def diff(after: rs.DataTypeStats, before: rs.DataTypeStats, field: str) -> int:
-    """Counter increase between two snapshots."""
-    return int(getattr(after, field)) - int(getattr(before, field))
+    headers = [f"{m} RPS" for m in RATIO_MODES]
+    headers += ["hit-l1/bare", "hit-redis/bare", "hit-l1/no-cache", "hit-redis/no-cache"]
+    print(table(["operation", *headers, "hit-l1 L1 hits"], rows))
 
 
 async def zipf_window(
@@ -306,32 +330,48 @@ async def zipf_window(
     dt = DataType.DATA_TYPE_USER_PROFILE
     b, a = type_stats(before, dt), type_stats(after, dt)
     hits, misses, loads = diff(a, b, "hits"), diff(a, b, "misses"), diff(a, b, "loads")
+    l1 = diff(a, b, "local_hits")
     avoided = after.store_queries_avoided - before.store_queries_avoided
     reads = avoided + misses
     share = f"{avoided / reads:.1%}" if reads else "-"
     per_request = f"{1 - loads / max(r.requests, 1):.1%}"
     latency = [f"{r.p(50) / 1000:.2f}", f"{r.p(99) / 1000:.2f}"]
-    figures = [hits, misses, loads, share, per_request, f"{ideal:.1%}"]
+    figures = [hits, fmt_l1(l1, r.requests), misses, loads, share, per_request, f"{ideal:.1%}"]
     return [label, r.requests, f"{r.rps:,.0f}", *latency, *figures]
+
+
+async def empty_cache(channels: Channels, namespace: str, redis_url: str) -> int:
+    """Remove the server's Redis keys and its L1 profiles; return how many keys went.
+
+    An UNLINK behind the server's back leaves its L1 serving those keys for up
+    to the maximum age; the Invalidate RPC announces the pattern to the L1.
+    """
+    removed = await unlink_matching(redis_url, namespace + "*")
+    await channels.stubs[0].Invalidate(rs.InvalidateRequest(pattern="user:*"), timeout=30)
+    return removed
 
 
 async def run_zipf(srv: Servers, cfg: Config, namespace: str, redis_url: str) -> None:
     """Zipf(1.1) GetUserProfile over every profile, from a cold cache, two windows."""
-    removed = await unlink_matching(redis_url, namespace + "*")
+    channels = srv.of("hit-l1")
+    removed = await empty_cache(channels, namespace, redis_url)
     zipf = Zipf(cfg.users, 1.1)
     seen: set[str] = set()
     rows = []
     for label in ("cold start", "continued"):
         sequence = zipf.sequence(cfg.zipf_requests)
-        rows.append(await zipf_window(srv.channels["cached"], sequence, seen, label, cfg))
+        rows.append(await zipf_window(channels, sequence, seen, label, cfg))
     print(
-        f"\n== Zipf(1.1) GetUserProfile over {cfg.users:,} keys, concurrency 64, cache emptied "
-        f"first ({removed:,} keys removed) ==\n   avoided = Stats store_queries_avoided / "
-        "(avoided + misses); 1-loads/req = store queries avoided per request; ideal = best "
-        "any cache could do on this window (compulsory misses only; target >= 90%)"
+        f"\n== Zipf(1.1) GetUserProfile over {cfg.users:,} keys, concurrency 64, default server "
+        f"(L1 on), cache emptied first ({removed:,} Redis keys removed, L1 invalidated) ==\n"
+        f"   L1 hits = Stats local_hits, a subset of hits (an L1 entry is served for at most "
+        f"{L1_MAX_AGE_S:g} s, then read from Redis again); avoided = Stats "
+        "store_queries_avoided / (avoided + misses);\n   1-loads/req = store queries avoided "
+        "per request; ideal = best any cache could do on this window (compulsory misses "
+        "only; target >= 90%)"
     )
-    headers = ["window", "requests", "RPS", "p50 ms", "p99 ms", "hits", "misses", "loads"]
-    print(table([*headers, "avoided", "1-loads/req", "ideal"], rows))
+    headers = ["window", "requests", "RPS", "p50 ms", "p99 ms", "hits", "L1 hits", "misses"]
+    print(table([*headers, "loads", "avoided", "1-loads/req", "ideal"], rows))
 
 
 async def stampede(channels: Channels, exp: str, width: int) -> list[int]:
@@ -346,22 +386,26 @@ async def stampede(channels: Channels, exp: str, width: int) -> list[int]:
     b = type_stats(before, DataType.DATA_TYPE_EXPERIMENT)
     a = type_stats(after, DataType.DATA_TYPE_EXPERIMENT)
     errors = sum(isinstance(x, BaseException) for x in answers)
-    fields = ("loads", "misses", "hits", "lease_waits")
+    fields = ("loads", "misses", "hits", "local_hits", "lease_waits")
     return [diff(a, b, f) for f in fields] + [errors]
 
 
 async def run_stampedes(srv: Servers, plan: KeyPlan, cfg: Config) -> None:
-    """The single-flight stampede on each cold stampede key."""
+    """The single-flight stampede on each cold stampede key, on the default server."""
     from _workloads import stampede_experiment_id
 
     counts: list[list[int]] = []
     for i in range(plan.stampede_keys):
         exp = stampede_experiment_id(i)
-        counts.append(await stampede(srv.channels["cached"], exp, cfg.stampede_width))
+        counts.append(await stampede(srv.of("hit-l1"), exp, cfg.stampede_width))
     rows = [[stampede_experiment_id(i), *c] for i, c in enumerate(counts)]
     loads = [c[0] for c in counts]
-    print(f"\n== Single-flight: {cfg.stampede_width} concurrent GetExperiment per cold key ==")
-    print(table(["key", "loads", "misses", "hits", "lease_waits", "errors"], rows))
+    print(
+        f"\n== Single-flight: {cfg.stampede_width} concurrent GetExperiment per cold key, "
+        "default server (L1 on) =="
+    )
+    headers = ["key", "loads", "misses", "hits", "local_hits", "lease_waits", "errors"]
+    print(table(headers, rows))
     print(
         f"store loads per key: {sum(loads) / max(len(loads), 1):.2f} over {len(loads)} keys "
         f"(max {max(loads, default=0)}; target: 1)"
@@ -369,56 +413,30 @@ async def run_stampedes(srv: Servers, plan: KeyPlan, cfg: Config) -> None:
 
 
 async def run_profiles(srv: Servers, plan: KeyPlan, cfg: Config, tmp: Path) -> None:
-    """py-spy on the caching server (hit load) and on the bare server, concurrency 64."""
-    # The Zipf section emptied the cache: warm the working set again first.
-    await call_many(srv.channels["cached"].stubs[0], plan.warm_requests("get_experiment"), 32)
-    for name in ("cached", "bare"):
-        proc = getattr(srv, name).process
+    """py-spy on the L1, Redis-only and bare servers under GetExperiment hits, concurrency 64."""
+    for mode in ("hit-l1", "hit-redis", "bare"):
+        if mode != "bare":
+            # The Zipf section emptied the default server's cache: warm it again.
+            await prime(srv, mode, plan, "get_experiment")
+        name = SERVER_OF_MODE[mode]
+        proc = srv.processes[name].process
         assert proc is not None
         load = run_closed_loop(
-            srv.channels[name].stubs,
+            srv.of(mode).stubs,
             plan.hit_factory("get_experiment"),
             concurrency=64,
             duration_s=cfg.profile_s + 1.0,
             max_requests=10_000_000,
         )
-        print(f"\n== py-spy: {name} server, GetExperiment hits at concurrency 64 ==")
+        print(f"\n== py-spy: {name} server ({mode}), GetExperiment at concurrency 64 ==")
         await profile_server(proc.pid, cfg.profile_s, load, tmp / f"{name}.pyspy.txt")
-
-
-async def start_servers(
-    stack: AsyncExitStack, dsn: str, redis_url: str, namespace: str, tmp: Path
-) -> tuple[ServerProcess, ServerProcess]:
-    """The caching and the non-caching mcp-router, started together, stopped on exit."""
-    common = {"POSTGRES_DSN": dsn, "REDIS_URL": redis_url}
-    cached = router_server(
-        "cached", free_port(), {**common, "KEY_NAMESPACE": namespace + "c:"}, tmp
-    )
-    nocache = router_server(
-        "nocache",
-        free_port(),
-        {**common, "KEY_NAMESPACE": namespace + "n:", "CACHE_ENABLED": "false"},
-        tmp,
-    )
-    for server in (cached, nocache):
-        server.start(tmp)
-        stack.callback(server.stop)
-    await asyncio.gather(cached.wait_healthy(), nocache.wait_healthy())
-    return cached, nocache
-
-
-async def open_channels(stack: AsyncExitStack, server: ServerProcess, count: int) -> Channels:
-    """Channels to ``server``, closed on exit."""
-    channels = Channels(server.target, count)
-    stack.push_async_callback(channels.close)
-    return channels
 
 
 @asynccontextmanager
 async def bench_environment(
     cfg: Config, tmp: Path
 ) -> AsyncIterator[tuple[Servers, KeyPlan, str, str]]:
-    """Backends, own database and namespace, data, three servers; all removed on exit."""
+    """Backends, own database and namespaces, data, four servers; all removed on exit."""
     run_id = secrets.token_hex(4)
     database, namespace = f"mcprouter_bench_{run_id}", f"bench-{run_id}-"
     plan = key_plan(cfg)
@@ -428,13 +446,14 @@ async def bench_environment(
         )
         print(
             f"backends: {'embedded' if backends.embedded else 'local servers'}; database "
-            f"{database}; key namespaces {namespace}c: / {namespace}n:",
+            f"{database}; key namespaces {namespace}c: (l1) / {namespace}r: (redis) / "
+            f"{namespace}n: (nocache)",
             flush=True,
         )
         dsn = await create_database(backends.postgres_admin_dsn, database)
         stack.push_async_callback(drop_database, backends.postgres_admin_dsn, database)
         stack.push_async_callback(report_unlinked, backends.redis_url, namespace)
-        cached, nocache = await start_servers(stack, dsn, backends.redis_url, namespace, tmp)
+        routers = await start_routers(stack, dsn, backends.redis_url, namespace, tmp)
         started = time.perf_counter()
         await copy_rows(dsn, plan.all_experiments(), plan.all_users())
         print(
@@ -442,25 +461,27 @@ async def bench_environment(
             f"with COPY in {time.perf_counter() - started:.1f} s",
             flush=True,
         )
-        channels = {"cached": await open_channels(stack, cached, cfg.channels)}
-        channels["nocache"] = await open_channels(stack, nocache, cfg.channels)
-        await call_many(channels["cached"].stubs[0], plan.warm_requests("get_assignment"), 32)
+        channels = {
+            name: await open_channels(stack, server, cfg.channels)
+            for name, server in routers.items()
+        }
+        # Stores the assignments, so that no-cache reads them with one SELECT.
+        await call_many(channels["l1"].stubs[0], plan.warm_requests("get_assignment"), 32)
         responses = tmp / "responses.json"
-        await sample_responses(channels["cached"], plan, responses)
+        await sample_responses(channels["l1"], plan, responses)
         bare = bare_server(free_port(), responses, tmp)
         bare.start(tmp)
         stack.callback(bare.stop)
         await bare.wait_healthy()
         channels["bare"] = await open_channels(stack, bare, cfg.channels)
-        channels["no-cache"] = channels["nocache"]
-        servers = Servers(cached, nocache, bare, channels)
-        for name in ("cached", "nocache", "bare"):
+        servers = Servers({**routers, "bare": bare}, channels)
+        for name in ("l1", "redis", "nocache", "bare"):
             await warm_server(channels[name], plan, 1.0)
         yield servers, plan, namespace + "c:", backends.redis_url
 
 
 async def report_unlinked(redis_url: str, namespace: str) -> None:
-    """Remove this run's keys (both namespaces) and say how many there were."""
+    """Remove this run's keys (every namespace) and say how many there were."""
     removed = await unlink_matching(redis_url, namespace + "*")
     print(f"cleanup: removed {removed:,} Redis keys under {namespace}*", flush=True)
 
@@ -487,8 +508,12 @@ def describe(cfg: Config) -> str:
         f"mcp-router PostgreSQL benchmark: cells of {cfg.duration_s} s or {cfg.max_requests:,} "
         f"requests (miss cells {cfg.miss_cap:,}), concurrency {cfg.concurrency}, "
         f"{cfg.channels} channels per server, working set {cfg.working_set:,} keys.\n"
-        "hit = warmed keys on the caching server (one Redis GET per call, no L1); "
-        "miss = a never-read key per call (GET, lease, PostgreSQL, SET);\n"
+        f"hit-l1 = warmed keys on the default server: in-process L1 on ({L1_MAX_ENTRIES:,} "
+        f"entries, each served for at most {L1_MAX_AGE_S:g} s, so a hot key is read from Redis "
+        f"again every {L1_MAX_AGE_S:g} s);\n"
+        "hit-redis = warmed keys on a server with CACHE_LOCAL_MAX_ENTRIES=0 (one Redis GET "
+        "per call); miss = a never-read key per call on the default server (GET, lease, "
+        "PostgreSQL, SET);\n"
         "no-cache = CACHE_ENABLED=false (one PostgreSQL query per call, local server); "
         "bare = prebuilt answer, no backend (the gRPC ceiling)."
     )
