@@ -166,6 +166,7 @@ def running_server(
         "LISTEN_ADDRESS": f"127.0.0.1:{port}",
         "REDIS_URL": redis_url,
         "POSTGRES_DSN": postgres_dsn,
+        "MIGRATE_ON_START": "true",
         "KEY_NAMESPACE": namespace,
         "HEALTH_PROBE_INTERVAL_S": "0.2",
         "SHUTDOWN_GRACE_S": "5",

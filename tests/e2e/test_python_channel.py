@@ -17,8 +17,9 @@ from grpc_status import rpc_status
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import router_service_pb2_grpc as rs_grpc
 from mcprouter.v1.cache_envelope_pb2 import CacheEnvelope
+from mcprouter.v1.events_pb2 import Event
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, Variant
-from mcprouter.v1.serve_status_pb2 import DataType
+from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 from tests import backends
 from tests.e2e.conftest import Launcher, ServerProcess
 
@@ -107,20 +108,51 @@ async def test_every_bad_field_is_named(stub: rs_grpc.RouterServiceStub) -> None
     }
 
 
-async def test_unimplemented_operation_names_its_processor(
-    stub: rs_grpc.RouterServiceStub,
-) -> None:
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    operation = rs.GetAnalyticsOperation(experiment_id="exp-e2e")
-    operation.day.FromDatetime(midnight - timedelta(days=1))
+async def test_experiment_events_and_metrics_flow(stub: rs_grpc.RouterServiceStub) -> None:
+    """Write an experiment, read it twice, track an event twice, read its hour."""
+    exp_id = f"e2e-{uuid.uuid4().hex[:8]}"
+    experiment = Experiment(
+        experiment_id=exp_id,
+        name="flow",
+        status=ExperimentStatus.EXPERIMENT_STATUS_RUNNING,
+        variants=[Variant(name="control", weight=1), Variant(name="treatment", weight=1)],
+    )
+    stored = await stub.RouteData(
+        rs.RouteDataRequest(upsert_experiment=rs.UpsertExperimentOperation(experiment=experiment))
+    )
+    assert stored.status == ServeStatus.SERVE_STATUS_STORED
+    read = rs.RouteDataRequest(get_experiment=rs.GetExperimentOperation(experiment_id=exp_id))
+    assert (await stub.RouteData(read)).status == ServeStatus.SERVE_STATUS_FRESH
+    assert (await stub.RouteData(read)).status == ServeStatus.SERVE_STATUS_CACHED
+
+    now = datetime.now(UTC)
+    event = Event(
+        event_id=f"ev-{uuid.uuid4().hex[:8]}",
+        experiment_id=exp_id,
+        user_id="u1",
+        variant="treatment",
+        event_type="conversion",
+        value=2.5,
+    )
+    event.timestamp.FromDatetime(now)
+    track = rs.RouteDataRequest(track_events=rs.TrackEventsOperation(events=[event]))
+    first, again = await stub.RouteData(track), await stub.RouteData(track)
+    assert first.track_events_result.outcomes[0].status == ServeStatus.SERVE_STATUS_STORED
+    assert again.track_events_result.outcomes[0].status == ServeStatus.SERVE_STATUS_DUPLICATE
+
+    metrics = rs.GetEventMetricsOperation(
+        experiment_id=exp_id, variant="treatment", metric="conversion"
+    )
+    metrics.hour.FromDatetime(now.replace(minute=0, second=0, microsecond=0))
+    answer = await stub.RouteData(rs.RouteDataRequest(get_event_metrics=metrics))
+    assert (answer.event_metrics.count, answer.event_metrics.sum) == (1, 2.5)
+
+    missing = rs.GetAnalyticsOperation(experiment_id=f"nope-{uuid.uuid4().hex[:8]}")
+    missing.day.FromDatetime(now.replace(hour=0, minute=0, second=0, microsecond=0))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.RouteData(rs.RouteDataRequest(get_analytics=operation), timeout=5)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "clickhouse" in (caught.value.details() or "")
-    info = unpack(details_of(caught.value), error_details_pb2.ErrorInfo)
-    assert info.domain == DOMAIN
-    assert info.metadata["processor"] == "clickhouse"
-    assert info.metadata["operation"] == "get_analytics"
+        await stub.RouteData(rs.RouteDataRequest(get_analytics=missing), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert unpack(details_of(caught.value), error_details_pb2.ErrorInfo).domain == DOMAIN
 
 
 def big_get_cached() -> rs.GetCachedRequest:

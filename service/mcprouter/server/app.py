@@ -19,8 +19,21 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker, LocalCache
+from mcprouter.server.chroma_processor import ChromaProcessor
+from mcprouter.server.chroma_store import ChromaStore, open_chroma
+from mcprouter.server.clickhouse_processor import (
+    ClickHousePolicies,
+    ClickHouseProcessor,
+    experiment_lookup,
+)
+from mcprouter.server.clickhouse_store import (
+    ClickHouseStore,
+    embedded_clickhouse_url,
+    open_clickhouse,
+)
 from mcprouter.server.config import Settings
 from mcprouter.server.embedded import embedded_postgres, embedded_redis
+from mcprouter.server.event_ingest import EventBatcher
 from mcprouter.server.health import Probe
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.migrations import apply_migrations
@@ -43,6 +56,8 @@ class App:
     settings: Settings
     redis: aioredis.Redis
     postgres: asyncpg.Pool
+    clickhouse: ClickHouseStore
+    chroma: ChromaStore
     stats: CacheStats
     keyspace: KeySpace
     cache: CacheAside
@@ -71,6 +86,32 @@ def postgres_policies(settings: Settings) -> PostgresPolicies:
             settings, DataType.DATA_TYPE_USER_PROFILE, settings.ttl_user_profile_s
         ),
     )
+
+
+def clickhouse_policies(settings: Settings) -> ClickHousePolicies:
+    """Cache policies of the ClickHouse data types."""
+    metrics = DataType.DATA_TYPE_EVENT_METRICS
+    return ClickHousePolicies(
+        event_metrics=cache_policy(settings, metrics, settings.ttl_event_metrics_s),
+        analytics=cache_policy(settings, DataType.DATA_TYPE_ANALYTICS, settings.ttl_analytics_s),
+        closed_hour=cache_policy(settings, metrics, settings.ttl_closed_hour_metrics_s),
+    )
+
+
+@asynccontextmanager
+async def open_clickhouse_store(settings: Settings) -> AsyncIterator[ClickHouseStore]:
+    """The ClickHouse store (embedded chDB when no URL is set); migrated when embedded."""
+    store = await open_clickhouse(
+        settings.clickhouse_url or embedded_clickhouse_url(settings.data_dir)
+    )
+    try:
+        if settings.clickhouse_url is None or settings.migrate_on_start:
+            applied = await store.migrate()
+            if applied:
+                log.info("applied ClickHouse migrations: %s", ", ".join(applied))
+        yield store
+    finally:
+        await store.close()
 
 
 async def migrate(pool: asyncpg.Pool) -> list[str]:
@@ -133,11 +174,60 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         cache.start()
         stack.push_async_callback(cache.aclose)
         cache_ops = RedisProcessor(redis, keyspace, stats, cache)
-        postgres_processor = PostgresProcessor(
-            PostgresStore(postgres), cache, cache_ops, postgres_policies(settings)
-        )
+        postgres_store = PostgresStore(postgres)
+        pg_policies = postgres_policies(settings)
+        postgres_processor = PostgresProcessor(postgres_store, cache, cache_ops, pg_policies)
         stack.push_async_callback(postgres_processor.aclose)
-        handlers: dict[str, Handler] = {**postgres_processor.handlers()}
+
+        clickhouse = await stack.enter_async_context(open_clickhouse_store(settings))
+        batcher = EventBatcher(
+            clickhouse.insert_events,
+            max_batch=settings.ingest_max_batch,
+            max_delay_ms=settings.ingest_max_delay_ms,
+            max_pending=settings.ingest_max_pending,
+        )
+        # Closed before the store: pending events are flushed, not dropped.
+        stack.push_async_callback(batcher.aclose)
+        clickhouse_processor = ClickHouseProcessor(
+            clickhouse,
+            batcher,
+            cache,
+            dedup=cache_ops,
+            redis=redis,
+            keyspace=keyspace,
+            stats=stats,
+            policies=clickhouse_policies(settings),
+            experiments=experiment_lookup(
+                cache, postgres_store.get_experiment, pg_policies.experiment
+            ),
+            dedup_ttl_s=settings.dedup_ttl_s,
+            ingestion_lag_s=settings.ingestion_lag_s,
+        )
+        stack.push_async_callback(clickhouse_processor.aclose)
+
+        # A Chroma server that is down does not stop start-up: its client
+        # connects on first use and the health probe reports it.
+        chroma = await open_chroma(
+            settings.chroma_url,
+            settings.data_dir / "chroma",
+            workers=settings.chroma_embedded_workers,
+            timeout_s=settings.chroma_timeout_s,
+        )
+        stack.push_async_callback(chroma.close)
+        chroma_processor = ChromaProcessor(
+            chroma,
+            cache,
+            redis,
+            keyspace,
+            cache_policy(settings, DataType.DATA_TYPE_SEARCH, settings.ttl_search_s),
+            redis_timeout=redis_timeout_s,
+        )
+        stack.push_async_callback(chroma_processor.aclose)
+        handlers: dict[str, Handler] = {
+            **postgres_processor.handlers(),
+            **clickhouse_processor.handlers(),
+            **chroma_processor.handlers(),
+        }
 
         async def postgres_probe() -> None:
             await postgres.fetchval("SELECT 1")
@@ -146,10 +236,17 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             settings=settings,
             redis=redis,
             postgres=postgres,
+            clickhouse=clickhouse,
+            chroma=chroma,
             stats=stats,
             keyspace=keyspace,
             cache=cache,
             cache_ops=cache_ops,
             router=Router(handlers),
-            probes={"redis": cache_ops.ping, "postgres": postgres_probe},
+            probes={
+                "redis": cache_ops.ping,
+                "postgres": postgres_probe,
+                "clickhouse": clickhouse.ping,
+                "chroma": chroma.ping,
+            },
         )

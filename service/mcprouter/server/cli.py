@@ -39,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--env-file", help="read settings from this file instead of ./.env")
     migrate = commands.add_parser(
         "migrate",
-        help="apply pending PostgreSQL migrations and exit",
-        description="Apply pending migrations to POSTGRES_DSN (or the embedded PostgreSQL).",
+        help="apply pending PostgreSQL and ClickHouse migrations and exit",
+        description="Apply pending migrations to POSTGRES_DSN and CLICKHOUSE_URL (or the "
+        "embedded servers).",
     )
     migrate.add_argument("--env-file", help="read settings from this file instead of ./.env")
     health = commands.add_parser(
@@ -75,11 +76,20 @@ async def _migrate(settings: Settings) -> None:
     from contextlib import AsyncExitStack
 
     from mcprouter.server.app import migrate, open_postgres
+    from mcprouter.server.clickhouse_store import embedded_clickhouse_url, open_clickhouse
 
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_postgres(settings, stack))
         applied = await migrate(pool)
-        print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+        print(f"PostgreSQL: applied {len(applied)}: {', '.join(applied) or 'none pending'}")
+        clickhouse = await open_clickhouse(
+            settings.clickhouse_url or embedded_clickhouse_url(settings.data_dir)
+        )
+        try:
+            applied = await clickhouse.migrate()
+        finally:
+            await clickhouse.close()
+        print(f"ClickHouse: applied {len(applied)}: {', '.join(applied) or 'none pending'}")
 
 
 def _load_settings(env_file: str | None) -> Settings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mcprouter.server.keys import NAMESPACE_RE
@@ -57,13 +57,25 @@ class Settings(BaseSettings):
     )
     clickhouse_url: str | None = Field(
         None,
-        description="ClickHouse URL (http://host:8123 or chdb:///path); read by the "
-        "ClickHouse processor, which has not landed yet.",
+        description="ClickHouse URL (http(s)://user:pass@host:8123/db or chdb:///abs/path). "
+        "Unset: embedded chDB under DATA_DIR/clickhouse.",
     )
     chroma_url: str | None = Field(
         None,
-        description="Chroma server URL (http://host:8000); read by the Chroma processor, "
-        "which has not landed yet.",
+        description="Chroma server URL, http(s)://host[:port] (port defaults to 8000). "
+        "Unset: embedded PersistentClient at DATA_DIR/chroma.",
+    )
+    chroma_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Bound on each Chroma call; a timed-out search is served STALE or UNAVAILABLE.",
+    )
+    chroma_embedded_workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Threads running the embedded Chroma client's blocking calls.",
     )
     key_namespace: str = Field(
         "", description="Prefix in front of every Redis key, e.g. 'prod:' (must end in ':')."
@@ -73,6 +85,12 @@ class Settings(BaseSettings):
     ttl_user_profile_s: int = Field(1_800, ge=1, description="Freshness of cached profiles.")
     ttl_event_metrics_s: int = Field(900, ge=1, description="Freshness of cached hourly metrics.")
     ttl_analytics_s: int = Field(7_200, ge=1, description="Freshness of cached daily analytics.")
+    ttl_closed_hour_metrics_s: int = Field(
+        604_800,
+        ge=1,
+        description="Freshness of cached metrics of hours closed over a day ago (final; "
+        "late events invalidate them).",
+    )
     ttl_search_s: int = Field(600, ge=1, description="Freshness of cached semantic searches.")
     cache_enabled: bool = Field(
         True, description="False sends every read straight to its store (for comparisons)."
@@ -99,6 +117,30 @@ class Settings(BaseSettings):
         description="Longest an L1 entry is served; every invalidation also reaches the "
         "L1 of every instance through Redis pub/sub.",
     )
+    ingest_max_batch: int = Field(
+        5_000,
+        ge=1,
+        le=1_000_000,
+        description="Pending events that trigger a ClickHouse insert at once (group commit).",
+    )
+    ingest_max_delay_ms: float = Field(
+        15.0, ge=0, le=1_000, description="Longest an event waits for the insert that carries it."
+    )
+    ingest_max_pending: int = Field(
+        100_000,
+        ge=1,
+        description="Events that may wait for ClickHouse; beyond this, track_events answers "
+        "RESOURCE_EXHAUSTED (at least INGEST_MAX_BATCH).",
+    )
+    dedup_ttl_s: int = Field(
+        604_800, ge=1, description="How long an event id is remembered for deduplication."
+    )
+    ingestion_lag_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="How long after its end an hour is still served from the real-time counters.",
+    )
     redis_breaker_failures: int = Field(
         5, ge=1, description="Consecutive Redis failures that open the circuit breaker."
     )
@@ -122,6 +164,12 @@ class Settings(BaseSettings):
         if NAMESPACE_RE.fullmatch(value) is None:
             raise ValueError("must be empty or 1..64 characters of [A-Za-z0-9_.-] ending in ':'")
         return value
+
+    @model_validator(mode="after")
+    def _pending_holds_a_batch(self) -> Settings:
+        if self.ingest_max_pending < self.ingest_max_batch:
+            raise ValueError("INGEST_MAX_PENDING must be at least INGEST_MAX_BATCH")
+        return self
 
     @field_validator("log_level")
     @classmethod

@@ -111,7 +111,17 @@ class RedisProcessor:
         )
 
     async def invalidate_collection(self, collection: str) -> int:
-        """Remove every cached search of a collection."""
+        """Make every cached search of a collection unreachable, then remove them.
+
+        Bumping the collection's search generation (part of every search key,
+        see ``search_keys``) is what invalidates: at once, on every instance
+        and in every L1, with no SCAN. The SCAN + UNLINK after it only frees
+        the memory of the now unreachable entries; its count is the answer.
+        """
+        from mcprouter.server.search_keys import generation_key
+
+        async with self._reporting("Invalidate"):
+            await self._redis.incr(generation_key(self._keyspace, collection))
         return await self._invalidate_entity([], [keys.collection_pattern(collection)])
 
     async def _invalidate_entity(self, exact: list[str], patterns: list[str]) -> int:

@@ -231,6 +231,12 @@ class KeyLoader:
         """Serve the kept copy after a store failure, or raise ``Unavailable``."""
         value = None if previous is None else parse(previous.payload, message_type)
         if previous is None or value is None:
+            logger.warning(
+                "store failed for %r (%s: %s); nothing stale to serve",
+                key,
+                type(exc).__name__,
+                exc,
+            )
             raise unavailable([key], policy.data_type) from exc
         if previous.is_fresh(self._clock()):
             # A failed early refresh: the entry is still fresh.

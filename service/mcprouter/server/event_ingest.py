@@ -1,0 +1,204 @@
+"""Group commit: many concurrent requests' events share one ClickHouse insert.
+
+ClickHouse wants few large inserts (each insert makes a part; thousands of
+tiny ones a second make merges fall behind), while each request carries one
+or a few events. ``EventBatcher`` collects the events of concurrent callers
+and hands them to its sink as one batch when either
+
+* ``max_batch`` events are pending, or
+* ``max_delay_ms`` passed since the first pending event arrived,
+
+whichever comes first. Only one flush runs at a time; events that arrive
+meanwhile gather into the next batch, so under load the batch size grows to
+fill the insert time (classic group commit) and at low load an event waits at
+most ``max_delay_ms``.
+
+Acknowledgement: ``add()`` returns only after the sink call that carried all
+of the caller's events succeeded, and raises the sink's error to every caller
+of a failed batch. A caller's events are never split across two batches.
+A cancelled caller does not take its events out of a batch (they may already
+be on their way into ClickHouse); the flush still runs and its outcome is
+still delivered to the future.
+
+Shutdown: ``aclose()`` stops accepting, flushes everything pending and waits
+for it, so nothing acknowledged is lost and nothing pending is dropped
+silently. Bounded memory: at most ``max_pending`` events wait; beyond that
+``add()`` raises ``ResourceExhausted`` (the caller releases its dedup markers
+and the client retries later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from mcprouter.server.errors import ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Sink = Callable[[Sequence[T]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Pending(Generic[T]):
+    items: Sequence[T]
+    done: asyncio.Future[None]
+
+
+class EventBatcher(Generic[T]):
+    """Collects items from concurrent callers into batches for one sink."""
+
+    def __init__(
+        self,
+        sink: Sink[T],
+        *,
+        max_batch: int = 5000,
+        max_delay_ms: float = 15.0,
+        max_pending: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Batch items for ``sink``.
+
+        Args:
+            sink: Writes one batch; returns only once it is durable.
+            max_batch: Pending items that trigger a flush at once.
+            max_delay_ms: Longest wait of the first pending item before a flush.
+            max_pending: Items that may wait at once; more are refused.
+            clock: Monotonic seconds (injected for tests).
+        """
+        if max_batch < 1 or max_pending < max_batch or max_delay_ms < 0:
+            raise ValueError("need max_batch >= 1, max_pending >= max_batch, max_delay_ms >= 0")
+        self._sink = sink
+        self._max_batch = max_batch
+        self._max_delay = max_delay_ms / 1000
+        self._max_pending = max_pending
+        self._clock = clock
+        self._pending: list[_Pending[T]] = []
+        self._pending_items = 0
+        self._first_at = 0.0
+        self._wake = asyncio.Event()  # something is pending (or closing)
+        self._full = asyncio.Event()  # max_batch reached (or closing)
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        # flush() and the background loop may both flush: one sink call at a time.
+        self._flushing = asyncio.Lock()
+        self.flushes = 0
+
+    @property
+    def pending(self) -> int:
+        """Items waiting for a flush."""
+        return self._pending_items
+
+    async def add(self, items: Sequence[T]) -> None:
+        """Queue ``items`` and return once the batch carrying them is written.
+
+        Raises:
+            Unavailable: The batcher is shut down.
+            ResourceExhausted: ``max_pending`` items are already waiting.
+            Exception: Whatever the sink raised for the batch.
+        """
+        if self._closing:
+            raise Unavailable("event ingestion is shutting down; retry on another instance")
+        if not items:
+            return
+        if self._pending_items + len(items) > self._max_pending:
+            raise ResourceExhausted(
+                f"{self._pending_items} events are waiting for ClickHouse; retry shortly",
+                metadata={"pending": str(self._pending_items)},
+            )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            self._first_at = self._clock()
+        self._pending.append(_Pending(items, done))
+        self._pending_items += len(items)
+        self._wake.set()
+        if self._pending_items >= self._max_batch:
+            self._full.set()
+        self._ensure_running()
+        # shield: cancelling one caller must not cancel the shared future.
+        await asyncio.shield(done)
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="event-batcher")
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                continue
+            if not self._closing and self._pending_items < self._max_batch:
+                remaining = self._first_at + self._max_delay - self._clock()
+                if remaining > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), remaining)
+            await self._flush_once()
+
+    def _take(self) -> list[_Pending[T]]:
+        """Whole submissions, oldest first, up to ``max_batch`` items (at least one)."""
+        taken: list[_Pending[T]] = []
+        count = 0
+        while self._pending and (
+            not taken or count + len(self._pending[0].items) <= self._max_batch
+        ):
+            entry = self._pending.pop(0)
+            taken.append(entry)
+            count += len(entry.items)
+        self._pending_items -= count
+        if self._pending:
+            # The rest waited since before this flush: flush it as soon as possible.
+            self._first_at = self._clock() - self._max_delay
+        if self._pending_items < self._max_batch and not self._closing:
+            self._full.clear()
+        if not self._pending and not self._closing:
+            self._wake.clear()
+        return taken
+
+    async def _flush_once(self) -> None:
+        async with self._flushing:
+            await self._flush_taken(self._take())
+
+    async def _flush_taken(self, taken: list[_Pending[T]]) -> None:
+        if not taken:
+            return
+        batch = [item for entry in taken for item in entry.items]
+        self.flushes += 1
+        try:
+            await self._sink(batch)
+        except Exception as exc:
+            log.warning("insert of %d events failed: %s: %s", len(batch), type(exc).__name__, exc)
+            for entry in taken:
+                if not entry.done.done():
+                    entry.done.set_exception(exc)
+                    # Mark retrieved: a cancelled caller never awaits it.
+                    entry.done.exception()
+            return
+        for entry in taken:
+            if not entry.done.done():
+                entry.done.set_result(None)
+
+    async def flush(self) -> None:
+        """Write everything pending now (without waiting for the delay)."""
+        self._full.set()
+        self._wake.set()
+        while self._pending:
+            await self._flush_once()
+
+    async def aclose(self) -> None:
+        """Refuse new items, flush every pending one and stop."""
+        self._closing = True
+        self._full.set()
+        self._wake.set()
+        if self._task is not None and not self._task.done():
+            await self._task
+        while self._pending:  # the loop never started, or added after it ended
+            await self._flush_once()

@@ -1,0 +1,200 @@
+"""Event ingestion: dedup markers, group-committed insert, real-time counters.
+
+``EventTracker.ingest`` is steps 2-4 of ``track_events`` (see
+``clickhouse_processor``): claim every event id with ``SET NX EX``, hand the
+new events to the batcher and wait for their insert, release the markers if
+it failed, then count the stored events in Redis and invalidate what late
+events changed. The caller runs it in a task it only awaits (shielded), so a
+cancelled RPC cannot stop the sequence half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from mcprouter.server import keys
+from mcprouter.server.cache import CacheAside
+from mcprouter.server.errors import CacheUnavailable, RouterError, Unavailable
+from mcprouter.server.event_ingest import EventBatcher
+from mcprouter.server.keys import KeySpace
+from mcprouter.server.realtime_metrics import RealtimeCounters, hour_start
+from mcprouter.server.redis_processor import RedisProcessor
+from mcprouter.server.stats import CacheStats
+from mcprouter.v1.events_pb2 import Event
+
+log = logging.getLogger(__name__)
+
+DEDUP_FAMILY = "dedup"
+RELEASE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+# SET NX EX for each key, in order (so a repeat within one request loses to its
+# first copy); 1 where the key was set. One command instead of one per event:
+# redis-py spends ~100-150 us of CPU packing and parsing each pipelined SET,
+# which capped batch ingestion near 5 000 events/s. A script is atomic, so a
+# failure leaves either every marker or none. (On Redis Cluster the keys of
+# one call would have to share a slot: group them by slot before calling.)
+CLAIM_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, '1', 'NX', 'EX', ARGV[1]) then out[i] = 1 else out[i] = 0 end
+end
+return out
+"""
+
+
+class EventTracker:
+    """Deduplicates, stores and counts events; borrows every collaborator."""
+
+    def __init__(
+        self,
+        batcher: EventBatcher[Event],
+        cache: CacheAside,
+        *,
+        dedup: RedisProcessor,
+        redis: aioredis.Redis,
+        keyspace: KeySpace,
+        stats: CacheStats,
+        clock: Callable[[], float] = time.time,
+        dedup_ttl_s: int = 7 * 86_400,
+        ingestion_lag_s: float = 300.0,
+    ) -> None:
+        self._batcher = batcher
+        self._cache = cache
+        self._dedup = dedup
+        self._redis = redis
+        self._keyspace = keyspace
+        self._stats = stats
+        self._clock = clock
+        self._dedup_ttl_s = dedup_ttl_s
+        self._lag_s = ingestion_lag_s
+        self._counters = RealtimeCounters(redis, keyspace)
+        self._claim_script = redis.register_script(CLAIM_SCRIPT)
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    @property
+    def counters(self) -> RealtimeCounters:
+        """The real-time counters this tracker updates."""
+        return self._counters
+
+    def start(self, events: Sequence[Event]) -> asyncio.Task[list[bool]]:
+        """Start ingesting ``events`` in a task kept until done (see ``ingest``)."""
+        task = asyncio.create_task(self.ingest(events), name="track-events")
+        self._keep(task)
+        return task
+
+    async def ingest(self, events: Sequence[Event]) -> list[bool]:
+        """Claim, store and count events; True per event that was new (STORED).
+
+        Raises:
+            CacheUnavailable: Redis failed; nothing was claimed or stored.
+            Unavailable: The insert failed; the events' markers were released.
+            ResourceExhausted: Too many events wait for ClickHouse; released too.
+        """
+        is_new = await self._claim([e.event_id for e in events])
+        new = [e for e, fresh in zip(events, is_new, strict=True) if fresh]
+        if duplicates := len(events) - len(new):
+            self._stats.dedup_hit(duplicates)
+        if not new:
+            return is_new
+        try:
+            await self._batcher.add(new)
+        except Exception as exc:
+            await self._release([e.event_id for e in new])
+            if isinstance(exc, RouterError):
+                raise  # ResourceExhausted (back off) or Unavailable (shutting down) as is
+            raise Unavailable(
+                f"ClickHouse did not store {len(new)} events ({type(exc).__name__}: {exc}); "
+                "none of them was stored, retry them",
+                metadata={"events": str(len(new))},
+            ) from exc
+        await self._after_insert(new)
+        return is_new
+
+    async def _claim(self, event_ids: Sequence[str]) -> list[bool]:
+        """SET NX EX every id, in order, in one script call; True where this call set it."""
+        keys_ = [self._keyspace.internal(DEDUP_FAMILY, event_id) for event_id in event_ids]
+        try:
+            replies = await self._claim_script(keys=keys_, args=[self._dedup_ttl_s])
+        except _REDIS_ERRORS as exc:
+            self._stats.redis_error()
+            raise CacheUnavailable(
+                f"Redis failed, events cannot be deduplicated and were not stored: {exc}",
+                metadata={"action": "dedup"},
+            ) from exc
+        return [bool(reply) for reply in replies]
+
+    async def _release(self, event_ids: Sequence[str]) -> None:
+        try:
+            await self._dedup.release_marks(DEDUP_FAMILY, event_ids)
+        except CacheUnavailable as exc:
+            log.warning("releasing %d dedup markers failed, retrying: %s", len(event_ids), exc)
+            self._spawn(self._retry_release(list(event_ids)), "release-dedup-markers")
+
+    async def _retry_release(self, event_ids: list[str]) -> None:
+        for delay in RELEASE_RETRY_DELAYS_S:
+            await asyncio.sleep(delay)
+            with contextlib.suppress(CacheUnavailable):
+                await self._dedup.release_marks(DEDUP_FAMILY, event_ids)
+                return
+        log.error(
+            "gave up releasing %d dedup markers: retries of those events are answered "
+            "DUPLICATE until the markers expire",
+            len(event_ids),
+        )
+
+    async def _after_insert(self, events: Sequence[Event]) -> None:
+        try:
+            await self._counters.record(events)
+        except _REDIS_ERRORS as exc:
+            self._stats.redis_error()
+            log.warning("real-time counters of %d stored events not updated: %s", len(events), exc)
+        # Epoch-second arithmetic: this runs for every stored event.
+        closed_before = self._clock() - self._lag_s
+        late: dict[str, None] = {}
+        for e in events:
+            start = hour_start(e)
+            if start + 3600 <= closed_before:
+                hour = datetime.fromtimestamp(start, UTC)
+                late[keys.event_metrics_key(e.experiment_id, e.variant, e.event_type, hour)] = None
+                late[keys.analytics_key(e.experiment_id, hour)] = None
+        if late:
+            try:
+                await self._cache.invalidate(list(late))
+            except CacheUnavailable as exc:
+                log.warning("late events stored but %d entries not invalidated: %s", len(late), exc)
+
+    def _spawn(self, coro: Awaitable[object], name: str) -> None:
+        async def run() -> object:
+            return await coro
+
+        self._keep(asyncio.create_task(run(), name=name))
+
+    def _keep(self, task: asyncio.Task[object] | asyncio.Task[list[bool]]) -> None:
+        """Hold a task until done, so ``aclose`` finds it, and retrieve its outcome.
+
+        Nobody awaits the outcome when the RPC that started the task was cancelled.
+        """
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[object] | asyncio.Task[list[bool]]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled():
+                t.exception()
+
+        task.add_done_callback(done)
+
+    async def aclose(self) -> None:
+        """Let in-flight ingestion finish, then cancel background marker releases."""
+        ingesting = [t for t in self._tasks if t.get_name() == "track-events"]
+        await asyncio.gather(*ingesting, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
