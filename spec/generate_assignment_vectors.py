@@ -1,4 +1,4 @@
-"""Write ``spec/assignment_test_vectors.json`` from ``mcprouter.server.assignment``.
+"""Write ``spec/assignment_test_vectors.json`` from ``mcprouter.server.postgres.assignment``.
 
 Run once when the vectors change (they should not: changing the algorithm
 moves users between variants)::
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mcprouter.server.assignment import BUCKETS, assign, bucket_bounds, choose_variant
+from mcprouter.server.postgres.assignment import BUCKETS, assign, bucket_bounds, choose_variant
 
 OUTPUT = Path(__file__).with_name("assignment_test_vectors.json")
 

@@ -21,13 +21,13 @@ import redis.asyncio as aioredis
 
 from mcprouter.server import errors
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
-from mcprouter.server.chroma_processor import ChromaProcessor
-from mcprouter.server.chroma_store import ChromaStore, open_chroma
+from mcprouter.server.chroma.processor import ChromaProcessor
+from mcprouter.server.chroma.search_keys import generation_key
+from mcprouter.server.chroma.store import ChromaStore, open_chroma
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.redis_connection import create_redis
-from mcprouter.server.redis_processor import RedisProcessor
+from mcprouter.server.redis.connection import create_redis
+from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.request_validation import validate_route_data
-from mcprouter.server.search_keys import generation_key
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import search_pb2 as search

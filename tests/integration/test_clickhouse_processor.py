@@ -20,17 +20,17 @@ import redis.asyncio as aioredis
 
 from mcprouter.server import errors
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
-from mcprouter.server.clickhouse_processor import (
+from mcprouter.server.clickhouse.ingest import EventBatcher
+from mcprouter.server.clickhouse.processor import (
     CONVERSION_EVENT_TYPE,
     ClickHousePolicies,
     ClickHouseProcessor,
 )
-from mcprouter.server.clickhouse_schema import apply_clickhouse_migrations
-from mcprouter.server.clickhouse_store import ClickHouseStore, open_clickhouse
-from mcprouter.server.event_ingest import EventBatcher
+from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
+from mcprouter.server.clickhouse.store import ClickHouseStore, open_clickhouse
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.redis_connection import create_redis
-from mcprouter.server.redis_processor import RedisProcessor
+from mcprouter.server.redis.connection import create_redis
+from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.request_validation import validate_route_data
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs

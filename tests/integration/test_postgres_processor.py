@@ -20,12 +20,12 @@ import redis.asyncio as aioredis
 from mcprouter.server import errors
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.migrations import apply_migrations
-from mcprouter.server.postgres_pool import create_pool
-from mcprouter.server.postgres_processor import PostgresPolicies, PostgresProcessor
-from mcprouter.server.postgres_store import PostgresStore
-from mcprouter.server.redis_connection import create_redis
-from mcprouter.server.redis_processor import RedisProcessor
+from mcprouter.server.postgres.migrations import apply_migrations
+from mcprouter.server.postgres.pool import create_pool
+from mcprouter.server.postgres.processor import PostgresPolicies, PostgresProcessor
+from mcprouter.server.postgres.store import PostgresStore
+from mcprouter.server.redis.connection import create_redis
+from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, UserProfile, Variant

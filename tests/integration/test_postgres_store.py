@@ -10,10 +10,14 @@ import asyncpg
 import pytest
 
 from mcprouter.server import errors
-from mcprouter.server.assignment import assign
-from mcprouter.server.migrations import apply_migrations, available_migrations, pending_migrations
-from mcprouter.server.postgres_pool import create_pool
-from mcprouter.server.postgres_store import PostgresStore
+from mcprouter.server.postgres.assignment import assign
+from mcprouter.server.postgres.migrations import (
+    apply_migrations,
+    available_migrations,
+    pending_migrations,
+)
+from mcprouter.server.postgres.pool import create_pool
+from mcprouter.server.postgres.store import PostgresStore
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, UserProfile, Variant
 from tests import backends
 

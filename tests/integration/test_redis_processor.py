@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from mcprouter.server.cache import CacheAside, CircuitBreaker
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.redis_connection import create_redis
-from mcprouter.server.redis_processor import UNLINK_BATCH, RedisProcessor
+from mcprouter.server.redis.connection import create_redis
+from mcprouter.server.redis.processor import UNLINK_BATCH, RedisProcessor
 from mcprouter.server.stats import CacheStats
 
 

@@ -18,7 +18,7 @@ from statistics import NormalDist
 
 import pytest
 
-from mcprouter.server import analytics_math as am
+from mcprouter.server.clickhouse import analytics_math as am
 
 TOL = 1e-6
 

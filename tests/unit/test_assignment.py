@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcprouter.server.assignment import (
+from mcprouter.server.postgres.assignment import (
     BUCKETS,
     MAX_WEIGHT,
     assign,

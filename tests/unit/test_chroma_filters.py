@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from mcprouter.server.chroma_filters import (
+from mcprouter.server.chroma.filters import (
     collection_name_problem,
     metadata_from_chroma,
     metadata_to_chroma,
     to_where,
 )
-from mcprouter.server.errors import InvalidArgument
-from mcprouter.server.keys import KeySpace
-from mcprouter.server.search_keys import (
+from mcprouter.server.chroma.search_keys import (
     canonical_query,
     generation_key,
     parse_generation,
     query_digest,
     search_cache_key,
 )
+from mcprouter.server.errors import InvalidArgument
+from mcprouter.server.keys import KeySpace
 from mcprouter.v1 import search_pb2 as search
 
 F = "semantic_search.filter"

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
+from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.errors import ResourceExhausted, Unavailable
-from mcprouter.server.event_ingest import EventBatcher
 
 
 class Sink:

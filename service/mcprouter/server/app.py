@@ -19,29 +19,29 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker, LocalCache
-from mcprouter.server.chroma_processor import ChromaProcessor
-from mcprouter.server.chroma_store import ChromaStore, open_chroma
-from mcprouter.server.clickhouse_processor import (
+from mcprouter.server.chroma.processor import ChromaProcessor
+from mcprouter.server.chroma.store import ChromaStore, open_chroma
+from mcprouter.server.clickhouse.ingest import EventBatcher
+from mcprouter.server.clickhouse.processor import (
     ClickHousePolicies,
     ClickHouseProcessor,
     experiment_lookup,
 )
-from mcprouter.server.clickhouse_store import (
+from mcprouter.server.clickhouse.store import (
     ClickHouseStore,
     embedded_clickhouse_url,
     open_clickhouse,
 )
 from mcprouter.server.config import Settings
 from mcprouter.server.embedded import embedded_postgres, embedded_redis
-from mcprouter.server.event_ingest import EventBatcher
 from mcprouter.server.health import Probe
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.migrations import apply_migrations
-from mcprouter.server.postgres_pool import create_pool
-from mcprouter.server.postgres_processor import PostgresPolicies, PostgresProcessor
-from mcprouter.server.postgres_store import PostgresStore
-from mcprouter.server.redis_connection import create_redis
-from mcprouter.server.redis_processor import RedisProcessor
+from mcprouter.server.postgres.migrations import apply_migrations
+from mcprouter.server.postgres.pool import create_pool
+from mcprouter.server.postgres.processor import PostgresPolicies, PostgresProcessor
+from mcprouter.server.postgres.store import PostgresStore
+from mcprouter.server.redis.connection import create_redis
+from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.router import Handler, Router
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1.serve_status_pb2 import DataType

@@ -76,7 +76,7 @@ async def _migrate(settings: Settings) -> None:
     from contextlib import AsyncExitStack
 
     from mcprouter.server.app import migrate, open_postgres
-    from mcprouter.server.clickhouse_store import embedded_clickhouse_url, open_clickhouse
+    from mcprouter.server.clickhouse.store import embedded_clickhouse_url, open_clickhouse
 
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_postgres(settings, stack))

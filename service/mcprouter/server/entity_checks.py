@@ -6,7 +6,7 @@ the PostgreSQL store (so no caller can store what the edge would refuse).
 
 from __future__ import annotations
 
-from mcprouter.server.assignment import MAX_WEIGHT, MIN_WEIGHT
+from mcprouter.server.postgres.assignment import MAX_WEIGHT, MIN_WEIGHT
 from mcprouter.server.validation import Violations
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, UserProfile
 

@@ -8,7 +8,7 @@ from google.protobuf.message import DecodeError, Message
 
 from mcprouter.server import keys
 from mcprouter.server.cache import envelope
-from mcprouter.server.redis_processor import RawEntry, RedisFigures
+from mcprouter.server.redis.processor import RawEntry, RedisFigures
 from mcprouter.server.router import RouteResult
 from mcprouter.server.stats import Outcome, StatsSnapshot
 from mcprouter.v1 import router_service_pb2 as rs

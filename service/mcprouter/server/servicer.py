@@ -13,7 +13,7 @@ import grpc
 
 from mcprouter.server import request_validation as checks
 from mcprouter.server.errors import CacheUnavailable
-from mcprouter.server.redis_processor import RedisFigures, RedisProcessor
+from mcprouter.server.redis.processor import RedisFigures, RedisProcessor
 from mcprouter.server.responses import get_cached_response, route_response, stats_response
 from mcprouter.server.router import Router
 from mcprouter.server.stats import CacheStats

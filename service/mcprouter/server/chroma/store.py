@@ -39,8 +39,8 @@ from chromadb.errors import (
     NotFoundError,
 )
 
-from mcprouter.server.chroma_backends import Backend, open_backend
-from mcprouter.server.chroma_filters import Where, metadata_from_chroma, metadata_to_chroma
+from mcprouter.server.chroma.backends import Backend, open_backend
+from mcprouter.server.chroma.filters import Where, metadata_from_chroma, metadata_to_chroma
 from mcprouter.server.errors import InvalidArgument, NotFound, RouterError, Unavailable
 from mcprouter.v1 import search_pb2 as search
 

@@ -33,8 +33,8 @@ import asyncpg
 from asyncpg import Record
 
 from mcprouter.server import errors
-from mcprouter.server.assignment import assign
 from mcprouter.server.entity_checks import check_experiment, check_user_profile
+from mcprouter.server.postgres.assignment import assign
 from mcprouter.server.validation import Violations
 from mcprouter.v1.experiment_pb2 import (
     Assignment,

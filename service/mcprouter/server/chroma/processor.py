@@ -45,12 +45,12 @@ import redis.asyncio as aioredis
 
 from mcprouter.server.cache import CacheAside, CachePolicy
 from mcprouter.server.cache.guard import REDIS_ERRORS
-from mcprouter.server.chroma_filters import Where, check_collection, to_where
+from mcprouter.server.chroma.filters import Where, check_collection, to_where
+from mcprouter.server.chroma.search_keys import generation_key, parse_generation, search_cache_key
 from mcprouter.server.errors import FieldViolation, InvalidArgument, NotFound
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.request_validation import MAX_DIMENSION, MAX_ITEMS_PER_CALL, MAX_K
 from mcprouter.server.router import Handler, RouteResult
-from mcprouter.server.search_keys import generation_key, parse_generation, search_cache_key
 from mcprouter.server.validation import Violations
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import search_pb2 as search

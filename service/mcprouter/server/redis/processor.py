@@ -19,13 +19,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from mcprouter.server import keys
 from mcprouter.server.cache import CacheAside
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +117,7 @@ class RedisProcessor:
         and in every L1, with no SCAN. The SCAN + UNLINK after it only frees
         the memory of the now unreachable entries; its count is the answer.
         """
-        from mcprouter.server.search_keys import generation_key
+        from mcprouter.server.chroma.search_keys import generation_key
 
         async with self._reporting("Invalidate"):
             await self._redis.incr(generation_key(self._keyspace, collection))

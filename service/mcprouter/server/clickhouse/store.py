@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from mcprouter.server.clickhouse_schema import apply_clickhouse_migrations
+from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
 from mcprouter.v1.events_pb2 import Event, EventMetrics
 
 T = TypeVar("T")

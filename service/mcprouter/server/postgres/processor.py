@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 from mcprouter.server import keys
 from mcprouter.server.cache import CacheAside, CachePolicy, Served
 from mcprouter.server.errors import CacheUnavailable
-from mcprouter.server.postgres_store import PostgresStore
-from mcprouter.server.redis_processor import RedisProcessor
+from mcprouter.server.postgres.store import PostgresStore
+from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.router import Handler, RouteResult
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Assignment, Experiment, UserProfile

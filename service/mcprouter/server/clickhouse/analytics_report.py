@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from mcprouter.server import analytics_math as am
-from mcprouter.server.clickhouse_store import VariantCounts
+from mcprouter.server.clickhouse import analytics_math as am
+from mcprouter.server.clickhouse.store import VariantCounts
 from mcprouter.v1.events_pb2 import Analytics, VariantAnalytics
 
 

@@ -57,19 +57,19 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mcprouter.server import keys
-from mcprouter.server.analytics_report import build_analytics
 from mcprouter.server.cache import CacheAside, CachePolicy
-from mcprouter.server.clickhouse_store import ClickHouseStore
+from mcprouter.server.clickhouse.analytics_report import build_analytics
+from mcprouter.server.clickhouse.ingest import EventBatcher
+from mcprouter.server.clickhouse.store import ClickHouseStore
+from mcprouter.server.clickhouse.tracking import EventTracker
 from mcprouter.server.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
     Unavailable,
 )
-from mcprouter.server.event_ingest import EventBatcher
-from mcprouter.server.event_tracking import EventTracker
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.redis_processor import RedisProcessor
+from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.router import Handler, RouteResult
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs

@@ -22,11 +22,11 @@ from redis.exceptions import RedisError
 
 from mcprouter.server import keys
 from mcprouter.server.cache import CacheAside
+from mcprouter.server.clickhouse.ingest import EventBatcher
+from mcprouter.server.clickhouse.realtime import RealtimeCounters, hour_start
 from mcprouter.server.errors import CacheUnavailable, RouterError, Unavailable
-from mcprouter.server.event_ingest import EventBatcher
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.realtime_metrics import RealtimeCounters, hour_start
-from mcprouter.server.redis_processor import RedisProcessor
+from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1.events_pb2 import Event
 
