@@ -5,8 +5,15 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTO_FILES := $(sort $(wildcard protos/mcprouter/v1/*.proto))
 GEN := generated/python
+TS_CLIENT := clients/typescript
+GO_CLIENT := clients/go
+CLIENT_GEN := $(TS_CLIENT)/src/gen $(GO_CLIENT)/gen
+# Debian's Go toolchain, protoc plugins and Go library sources: there is no Go
+# module proxy here, so the Go client builds in GOPATH mode against them.
+GO_APT_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+	golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev
 
-.PHONY: run test install generate check-generated lint typecheck check unit integration e2e clean
+.PHONY: run test install generate check-generated lint typecheck check unit integration e2e clean go-deps
 
 # Idempotent install: re-runs only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -17,6 +24,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Node packages of the TypeScript client, from its committed lock file.
+$(TS_CLIENT)/node_modules/.package-lock.json: $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
+	touch $@
+
+go-deps:
+	@if ! command -v go >/dev/null || ! command -v protoc-gen-go >/dev/null \
+		|| ! command -v protoc-gen-go-grpc >/dev/null \
+		|| ! test -f /usr/share/gocode/src/github.com/golang/protobuf/proto/registry.go \
+		|| ! test -d /usr/share/gocode/src/google.golang.org/genproto/googleapis/rpc/errdetails; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $(GO_APT_PACKAGES); fi
+
 ## run: set up everything and serve on the embedded default (port 50051).
 run: install
 	$(BIN)/mcp-router serve
@@ -26,7 +46,7 @@ test: install check
 	$(BIN)/pytest -q
 
 ## generate: rewrite the committed generated code from the protos.
-generate: install
+generate: install $(TS_CLIENT)/node_modules/.package-lock.json go-deps
 	rm -rf $(GEN)/mcprouter/v1
 	$(BIN)/buf generate
 	$(BIN)/buf build --exclude-imports -o $(GEN)/mcprouter/v1/descriptor_set.binpb
@@ -35,11 +55,13 @@ generate: install
 		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
 		--mypy_grpc_out=quiet:$(GEN) \
 		protos/mcprouter/v1/router_service.proto
+	$(BIN)/buf generate --template $(TS_CLIENT)/buf.gen.yaml
+	$(BIN)/buf generate --template $(GO_CLIENT)/buf.gen.yaml
 
 ## check-generated: fail when the protos and the committed code disagree.
 check-generated: generate
-	@git add -N $(GEN) 2>/dev/null || true
-	@git diff --exit-code --stat -- $(GEN) || \
+	@git add -N $(GEN) $(CLIENT_GEN) 2>/dev/null || true
+	@git diff --exit-code --stat -- $(GEN) $(CLIENT_GEN) || \
 		(echo "generated code is out of date: run 'make generate' and commit" >&2; exit 1)
 
 lint: install
@@ -64,4 +86,4 @@ e2e: install
 	$(BIN)/pytest -q tests/e2e
 
 clean:
-	rm -rf $(VENV) .mcp-router .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .mcp-router .pytest_cache .mypy_cache .ruff_cache $(TS_CLIENT)/node_modules

@@ -52,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--address", default="localhost:50051", help="host:port of the server")
     health.add_argument("--service", default="", help="service name; '' is overall health")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    demo = commands.add_parser(
+        "demo",
+        help="seed data and show each data type served FRESH, then CACHED",
+        description="Seed experiments, users, events and embeddings through the Python SDK, "
+        "then show FRESH/CACHED reads with latencies, event dedup, invalidation and Stats. "
+        "Without --target it starts the embedded default in-process (temporary folder).",
+    )
+    from mcprouter.server.demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(demo)
     return parser
 
 
@@ -112,17 +122,25 @@ def _run(coro_factory: object) -> None:
         runner.run(coro_factory)  # type: ignore[arg-type]
 
 
+def _configure_logging(settings: Settings) -> None:
+    from mcprouter.server.observability.logs import configure_logging
+    from mcprouter.server.observability.tracing import trace_fields
+
+    context = trace_fields if settings.otel_enabled else None
+    configure_logging(settings.log_level, settings.log_format, stream=sys.stderr, context=context)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
     if args.command == "health":
         sys.exit(_health(args.address, args.service, args.timeout))
+    if args.command == "demo":
+        from mcprouter.server.demo import main as demo_main
+
+        sys.exit(demo_main(args.target, token=args.token, tls_ca=args.tls_ca))
     settings = _load_settings(args.env_file)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(settings)
     # pgserver logs every command it runs at INFO; keep its warnings only.
     logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command == "serve":

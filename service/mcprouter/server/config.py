@@ -8,8 +8,9 @@ A store URL left unset selects the embedded default for that store.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mcprouter.server.keys import NAMESPACE_RE
@@ -156,6 +157,50 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request or response message accepted."
     )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain of the server; set with TLS_KEY_FILE to serve TLS."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of TLS_CERT_FILE.")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle; when set, clients must present a certificate it signed "
+        "(mutual TLS).",
+    )
+    auth_tokens: SecretStr | None = Field(
+        None,
+        description="Comma-separated bearer tokens accepted in 'authorization: Bearer <token>'; "
+        "unset (and no AUTH_TOKENS_FILE): no authentication. Never logged.",
+    )
+    auth_tokens_file: Path | None = Field(
+        None,
+        description="File of bearer tokens, one per line ('#' comments); adds to AUTH_TOKENS.",
+    )
+    auth_exempt_methods: str = Field(
+        "/grpc.health.v1.Health/*,/grpc.reflection.v1.ServerReflection/*,"
+        "/grpc.reflection.v1alpha.ServerReflection/*",
+        description="Comma-separated methods (/pkg.Service/Method or /pkg.Service/*) reachable "
+        "without a token; empty: none.",
+    )
+    max_in_flight_rpcs: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Unary RPCs handled at once (health checks not counted); beyond this a call "
+        "is refused with RESOURCE_EXHAUSTED, not queued.",
+    )
+    metrics_address: str = Field(
+        "",
+        description="host:port of the Prometheus /metrics endpoint (plain HTTP), e.g. "
+        "'localhost:9464' or ':9464' for every interface; empty turns it off.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'json' for one JSON object per log line (with request_id), or 'text'."
+    )
+    otel_enabled: bool = Field(
+        False,
+        description="Export OpenTelemetry traces over OTLP (needs the 'otel' extra; endpoint and "
+        "service name from the standard OTEL_* variables).",
+    )
     log_level: str = Field("INFO", description="Logging level (DEBUG, INFO, WARNING, ERROR).")
 
     @field_validator("key_namespace")
@@ -166,10 +211,19 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _pending_holds_a_batch(self) -> Settings:
+    def _consistent(self) -> Settings:
         if self.ingest_max_pending < self.ingest_max_batch:
             raise ValueError("INGEST_MAX_PENDING must be at least INGEST_MAX_BATCH")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("TLS_CLIENT_CA_FILE (mutual TLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
         return self
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("log_level")
     @classmethod

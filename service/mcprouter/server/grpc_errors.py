@@ -10,7 +10,6 @@ gets INTERNAL with no internals in the message.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -19,6 +18,10 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from mcprouter.server.errors import ERROR_DOMAIN, InvalidArgument, RouterError
+from mcprouter.server.grpc_wrapping import Behavior, Continuation, WrappedHandlers
+
+if TYPE_CHECKING:
+    from mcprouter.server.grpc_wrapping import Handler
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +50,6 @@ def _pack(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
-
-
-if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]
-Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 def _translating(behavior: Behavior, method: str) -> Behavior:
@@ -85,25 +83,11 @@ class ErrorTranslationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[t
     """
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        self._handlers = WrappedHandlers(_translating)
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
         """Wrap the method's handler so its errors become rich statuses."""
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            _translating(handler.unary_unary, method),  # type: ignore[arg-type]
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return self._handlers.wrapped(handler, handler_call_details.method)

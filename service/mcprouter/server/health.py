@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
@@ -28,6 +29,54 @@ Probe = Callable[[], Awaitable[object]]
 ROUTER_SERVICE = "mcprouter.v1.RouterService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthService(health_aio.HealthServicer):  # type: ignore[misc]
+    """The standard health servicer, whose Watch streams end once shutdown begins.
+
+    ``server.stop(grace)`` waits for every open RPC, and a stock ``Watch``
+    never ends by itself: one watching load balancer would make every shutdown
+    take the whole grace period. Here a stream sends its final NOT_SERVING and
+    closes as soon as ``enter_graceful_shutdown`` has run. ``Check`` is the
+    stock one; ``Watch`` keeps its own copy of the statuses to wait on.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, int] = {"": SERVING}
+        self._changed = asyncio.Condition()
+        self._closing = False
+
+    async def set(self, service: str, status: int) -> None:
+        """Set a service's status (ignored once shutdown has begun)."""
+        await super().set(service, status)
+        async with self._changed:
+            if not self._closing:
+                self._statuses[service] = status
+                self._changed.notify_all()
+
+    async def enter_graceful_shutdown(self) -> None:
+        """Report NOT_SERVING everywhere, for good, and end the Watch streams."""
+        await super().enter_graceful_shutdown()
+        async with self._changed:
+            self._closing = True
+            for service in self._statuses:
+                self._statuses[service] = NOT_SERVING
+            self._changed.notify_all()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        """Stream a service's status changes until the client leaves or shutdown begins."""
+        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        last: int | None = None
+        async with self._changed:
+            while True:
+                status = self._statuses.get(request.service, unknown)
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                if self._closing:
+                    return
+                await self._changed.wait()
 
 
 class HealthMonitor:

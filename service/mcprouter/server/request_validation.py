@@ -35,6 +35,7 @@ MAX_DOCUMENT_LENGTH = 65_536
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 # Clocks drift; an event "from the future" beyond this is a client bug.
 MAX_CLOCK_SKEW = timedelta(hours=1)
+_EARLIEST_SECONDS = int(EARLIEST_TIME.timestamp())
 
 _SCALAR_OPERATORS = {
     search.FILTER_OPERATOR_EQ,
@@ -56,10 +57,17 @@ def _timestamp(
     if not 0 <= ts.nanos < 1_000_000_000:
         v.add(field, "has nanos out of range")
         return None
-    moment = ts.ToDatetime(tzinfo=UTC)
-    if moment < EARLIEST_TIME:
+    # Compared as seconds first: ToDatetime raises on seconds outside years
+    # 1..9999, which a client can send (found by the fuzz test).
+    latest = now + MAX_CLOCK_SKEW
+    if ts.seconds < _EARLIEST_SECONDS:
         v.add(field, "must not be before 2000-01-01T00:00:00Z")
-    elif moment > now + MAX_CLOCK_SKEW:
+        return None
+    if ts.seconds > latest.timestamp():
+        v.add(field, "must not be more than 1 hour in the future")
+        return None
+    moment = ts.ToDatetime(tzinfo=UTC)
+    if moment > latest:
         v.add(field, "must not be more than 1 hour in the future")
     return moment
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -13,10 +14,15 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from mcprouter.server.app import App, open_app
+from mcprouter.server.auth import AuthInterceptor
 from mcprouter.server.config import Settings
+from mcprouter.server.deadlines import DeadlineInterceptor
 from mcprouter.server.grpc_errors import ErrorTranslationInterceptor
-from mcprouter.server.health import HealthMonitor
+from mcprouter.server.health import HealthMonitor, HealthService
+from mcprouter.server.limits import InFlightLimiter
+from mcprouter.server.observability import open_observability
 from mcprouter.server.reflection import DocumentedReflectionServicer, documented_files
+from mcprouter.server.security import SecurityConfig, add_port
 from mcprouter.server.servicer import RouterServicer
 from mcprouter.v1 import router_service_pb2, router_service_pb2_grpc
 
@@ -26,11 +32,43 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 1.0
 
 
-def build_server(app: App, health: health_aio.HealthServicer) -> grpc.aio.Server:
-    """A grpc.aio server with every service registered (not started)."""
+def interceptors(security: SecurityConfig) -> list[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
+    """The interceptor chain, outermost first.
+
+    Authentication refuses before anything else runs (an unauthenticated
+    flood cannot take in-flight slots); the in-flight bound comes next;
+    errors are translated once; the deadline is recorded innermost, so a
+    store timeout after it becomes DEADLINE_EXCEEDED, not INTERNAL.
+    """
+    chain: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+    if security.auth_tokens:
+        chain.append(AuthInterceptor(security.auth_tokens, security.auth_exempt_methods))
+    chain += [
+        InFlightLimiter(security.max_in_flight_rpcs),
+        ErrorTranslationInterceptor(),
+        DeadlineInterceptor(),
+    ]
+    return chain
+
+
+def build_server(
+    app: App,
+    health: health_aio.HealthServicer,
+    security: SecurityConfig | None = None,
+    *,
+    telemetry: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
+) -> grpc.aio.Server:
+    """A grpc.aio server with every service registered (not started, no port).
+
+    ``security`` defaults to the one ``app.settings`` describes; listen with
+    ``security.add_port`` so TLS applies. ``telemetry`` interceptors go
+    outermost, so they see every call as the client does (refusals included).
+    """
+    if security is None:
+        security = SecurityConfig.from_settings(app.settings)
     limit = app.settings.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ErrorTranslationInterceptor()],
+        interceptors=[*telemetry, *interceptors(security)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -62,16 +100,20 @@ async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_app(settings) as app:
-        health = health_aio.HealthServicer()
+    async with open_app(settings) as app, AsyncExitStack() as stack:
+        health = HealthService()
         monitor = HealthMonitor(
             health,
             app.probes,
             interval_s=settings.health_probe_interval_s,
             timeout_s=PROBE_TIMEOUT_S,
         )
-        server = build_server(app, health)
-        port = server.add_insecure_port(settings.listen_address)
+        security = SecurityConfig.from_settings(settings)
+        observability = await stack.enter_async_context(
+            open_observability(settings, app, backends=monitor.backend_status)
+        )
+        server = build_server(app, health, security, telemetry=observability.interceptors)
+        port = add_port(server, settings.listen_address, security)
         if port == 0:
             raise RuntimeError(f"could not listen on {settings.listen_address}")
         try:
@@ -79,9 +121,11 @@ async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = 
             await monitor.start()
             await server.start()
             log.info(
-                "mcp-router serving on %s (port %d); operations: %s",
+                "mcp-router serving on %s (port %d, %s, %s); operations: %s",
                 settings.listen_address,
                 port,
+                "mutual TLS" if security.mutual_tls else "TLS" if security.tls else "plaintext",
+                "bearer tokens" if security.auth_tokens else "no authentication",
                 ", ".join(sorted(app.router.operations)) or "none",
             )
             if on_ready is not None:

@@ -54,8 +54,11 @@ class StatsSnapshot:
     @property
     def hit_rate(self) -> float:
         """Share of cached reads answered without a store query; 0 with none."""
+        # STALE answers are a subset of MISS (no fresh entry, then the store failed).
         reads = sum(
-            counts.get(o, 0) for counts in self.per_type.values() for o in (*_AVOIDED, Outcome.MISS)
+            counts.get(o, 0)
+            for counts in self.per_type.values()
+            for o in (Outcome.HIT, Outcome.NEGATIVE_HIT, Outcome.MISS)
         )
         return self.store_queries_avoided / reads if reads else 0.0
 

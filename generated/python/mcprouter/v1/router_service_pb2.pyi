@@ -761,9 +761,13 @@ class DataTypeStats(_message.Message):
     hits: _builtins.int
     """hits counts reads answered from the cache while fresh."""
     misses: _builtins.int
-    """misses counts reads that found nothing usable in the cache."""
+    """misses counts reads that found no fresh entry in the cache (and so asked
+    the store).
+    """
     stale: _builtins.int
-    """stale counts reads answered with a stale entry because the store failed."""
+    """stale counts the misses answered with a stale entry because the store
+    failed (a subset of misses).
+    """
     negative_hits: _builtins.int
     """negative_hits counts reads answered by a cached "not found"."""
     loads: _builtins.int
@@ -823,7 +827,9 @@ class StatsResponse(_message.Message):
     REDIS_AVAILABLE_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     hit_rate: _builtins.float
-    """hit_rate is (hits + negative hits + stale) / cached reads, 0 with no reads."""
+    """hit_rate is (hits + negative hits + stale) / (hits + negative hits +
+    misses): the share of cached reads answered without the store; 0 with none.
+    """
     total_operations: _builtins.int
     """total_operations counts every RouteData, GetCached and Invalidate call."""
     store_queries_avoided: _builtins.int

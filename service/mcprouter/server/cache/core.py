@@ -41,6 +41,7 @@ from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 logger = logging.getLogger("mcprouter.server.cache")
 
 _CACHED = ServeStatus.SERVE_STATUS_CACHED
+_STALE = ServeStatus.SERVE_STATUS_STALE
 
 
 class CacheAside:
@@ -184,6 +185,10 @@ class CacheAside:
         )
         # shield: a cancelled caller must not cancel the load others wait for.
         loaded = await asyncio.shield(task)
+        if loaded.status == _STALE:
+            # Per caller: every caller that joined a load which fell back to a
+            # stale entry was served STALE, not only the first (a subset of MISS).
+            self._stats.record(dt, Outcome.STALE)
         return self._served(key, loaded, message_type, policy)
 
     async def get_many_or_load(

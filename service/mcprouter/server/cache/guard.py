@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mcprouter.server.cache.breaker import CircuitBreaker
+from mcprouter.server.deadlines import remaining
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.serve_status_pb2 import DataType
 
@@ -71,10 +72,13 @@ class GuardedRedis:
         """
         if not self.breaker.allow():
             return Down.DOWN
+        budget = remaining(self._timeout)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(budget):
                 reply = await call()
         except REDIS_ERRORS as exc:
+            if budget < self._timeout and isinstance(exc, TimeoutError):
+                return Down.DOWN  # the caller's deadline ran out, not Redis: no breaker count
             self.breaker.record_failure()
             self._stats.record(data_type, Outcome.REDIS_ERROR)
             logger.warning(
@@ -95,10 +99,13 @@ class GuardedRedis:
         Raises:
             RedisError, OSError, TimeoutError: Redis failed (counted first).
         """
+        budget = remaining(self._timeout)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(budget):
                 reply = await call()
-        except REDIS_ERRORS:
+        except REDIS_ERRORS as exc:
+            if budget < self._timeout and isinstance(exc, TimeoutError):
+                raise  # the caller's deadline ran out, not Redis: no breaker count
             self.breaker.record_failure()
             self._stats.redis_error()
             raise

@@ -241,6 +241,5 @@ class KeyLoader:
         if previous.is_fresh(self._clock()):
             # A failed early refresh: the entry is still fresh.
             return Loaded(value, _CACHED, previous.stored_at)
-        self._stats.record(policy.data_type, Outcome.STALE)
         logger.warning("store failed for %r (%s); serving it STALE", key, type(exc).__name__)
         return Loaded(value, _STALE, previous.stored_at)

@@ -41,6 +41,7 @@ from chromadb.errors import (
 
 from mcprouter.server.chroma.backends import Backend, open_backend
 from mcprouter.server.chroma.filters import Where, metadata_from_chroma, metadata_to_chroma
+from mcprouter.server.deadlines import remaining
 from mcprouter.server.errors import InvalidArgument, NotFound, RouterError, Unavailable
 from mcprouter.v1 import search_pb2 as search
 
@@ -86,7 +87,7 @@ class ChromaStore:
     @asynccontextmanager
     async def _guarded(self, what: str, collection: str) -> AsyncIterator[None]:
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(remaining(self._timeout_s)):
                 yield
         except (RouterError, NotFoundError, InvalidArgumentError, DuplicateIDError):
             raise  # answers about the request, mapped by the caller

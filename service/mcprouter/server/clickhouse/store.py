@@ -42,6 +42,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
+from mcprouter.server.deadlines import remaining
 from mcprouter.v1.events_pb2 import Event, EventMetrics
 
 T = TypeVar("T")
@@ -208,7 +209,12 @@ class ClickHouseStore:
 
     async def _query(self, sql: str, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
         self.queries += 1
-        result = await self.run(lambda client: client.query(sql, parameters=params))
+        # The caller's deadline also stops the query inside ClickHouse.
+        budget = remaining(None)
+        settings = None if budget is None else {"max_execution_time": max(budget, 0.001)}
+        result = await self.run(
+            lambda client: client.query(sql, parameters=params, settings=settings)
+        )
         return result.result_rows
 
     async def ping(self) -> None:

@@ -33,6 +33,7 @@ import asyncpg
 from asyncpg import Record
 
 from mcprouter.server import errors
+from mcprouter.server.deadlines import remaining
 from mcprouter.server.entity_checks import check_experiment, check_user_profile
 from mcprouter.server.postgres.assignment import assign
 from mcprouter.server.validation import Violations
@@ -185,7 +186,9 @@ class PostgresStore:
         if not ids:
             return {}
         self.queries += 1
-        rows = await self._pool.fetch(_SELECT_EXPERIMENTS, list(dict.fromkeys(ids)))
+        rows = await self._pool.fetch(
+            _SELECT_EXPERIMENTS, list(dict.fromkeys(ids)), timeout=remaining(None)
+        )
         return {row["experiment_id"]: _experiment_from_row(row) for row in rows}
 
     async def upsert_experiment(self, exp: Experiment) -> Experiment:
@@ -204,24 +207,35 @@ class PostgresStore:
         status = _STATUS_TO_DB[exp.status]
         variants = [{"name": v.name, "weight": v.weight} for v in exp.variants]
         self.queries += 1
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire(timeout=remaining(None)) as conn:
             if exp.version == 0:
                 salt = exp.salt or secrets.token_hex(8)
                 row = await conn.fetchrow(
-                    _INSERT_EXPERIMENT, key, exp.name, exp.description, status, salt, variants
+                    _INSERT_EXPERIMENT,
+                    key,
+                    exp.name,
+                    exp.description,
+                    status,
+                    salt,
+                    variants,
+                    timeout=remaining(None),
                 )
                 if row is None:
                     current = await conn.fetchval(
-                        "SELECT version FROM experiments WHERE experiment_id = $1", key
+                        "SELECT version FROM experiments WHERE experiment_id = $1",
+                        key,
+                        timeout=remaining(None),
                     )
                     raise _version_conflict("experiment", key, 0, current or 0)
                 return _experiment_from_row(row)
             args = (key, exp.name, exp.description, status, exp.salt, variants, exp.version)
-            row = await conn.fetchrow(_UPDATE_EXPERIMENT, *args)
+            row = await conn.fetchrow(_UPDATE_EXPERIMENT, *args, timeout=remaining(None))
             if row is not None:
                 return _experiment_from_row(row)
             found = await conn.fetchrow(
-                "SELECT version, salt FROM experiments WHERE experiment_id = $1", key
+                "SELECT version, salt FROM experiments WHERE experiment_id = $1",
+                key,
+                timeout=remaining(None),
             )
         if found is None:
             raise _not_found("experiment", key)
@@ -241,7 +255,9 @@ class PostgresStore:
         if not ids:
             return {}
         self.queries += 1
-        rows = await self._pool.fetch(_SELECT_PROFILES, list(dict.fromkeys(ids)))
+        rows = await self._pool.fetch(
+            _SELECT_PROFILES, list(dict.fromkeys(ids)), timeout=remaining(None)
+        )
         return {row["user_id"]: _profile_from_row(row) for row in rows}
 
     async def upsert_user_profile(self, profile: UserProfile) -> UserProfile:
@@ -256,15 +272,17 @@ class PostgresStore:
         key = profile.user_id
         attributes: Mapping[str, Any] = dict(profile.attributes)
         self.queries += 1
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire(timeout=remaining(None)) as conn:
             if profile.version == 0:
-                row = await conn.fetchrow(_INSERT_PROFILE, key, attributes)
+                row = await conn.fetchrow(_INSERT_PROFILE, key, attributes, timeout=remaining(None))
             else:
-                row = await conn.fetchrow(_UPDATE_PROFILE, key, attributes, profile.version)
+                row = await conn.fetchrow(
+                    _UPDATE_PROFILE, key, attributes, profile.version, timeout=remaining(None)
+                )
             if row is not None:
                 return _profile_from_row(row)
             current = await conn.fetchval(
-                "SELECT version FROM user_profiles WHERE user_id = $1", key
+                "SELECT version FROM user_profiles WHERE user_id = $1", key, timeout=remaining(None)
             )
         if current is None and profile.version != 0:
             raise _not_found("user profile", key)
@@ -285,12 +303,14 @@ class PostgresStore:
             errors.Aborted: ``ASSIGNMENT_CONFLICT``: lost a race twice (not expected).
         """
         self.queries += 1
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire(timeout=remaining(None)) as conn:
             # A second pass only follows a lost race: the concurrent winner's
             # row was not visible to the INSERT's snapshot, but a new
             # statement sees it.
             for _ in range(2):
-                row = await conn.fetchrow(_READ_FOR_ASSIGNMENT, experiment_id, user_id)
+                row = await conn.fetchrow(
+                    _READ_FOR_ASSIGNMENT, experiment_id, user_id, timeout=remaining(None)
+                )
                 if row is None:
                     return None
                 if row["variant"] is not None:
@@ -305,7 +325,12 @@ class PostgresStore:
                 variants = [(v["name"], v["weight"]) for v in row["variants"]]
                 bucket, variant = assign(row["salt"], user_id, variants)
                 inserted = await conn.fetchrow(
-                    _INSERT_ASSIGNMENT, experiment_id, user_id, variant, bucket
+                    _INSERT_ASSIGNMENT,
+                    experiment_id,
+                    user_id,
+                    variant,
+                    bucket,
+                    timeout=remaining(None),
                 )
                 if inserted is not None:
                     return _assignment_from_row(experiment_id, user_id, inserted)

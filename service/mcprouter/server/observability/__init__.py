@@ -1,0 +1,76 @@
+"""Observability: Prometheus metrics, structured logs with request ids, optional tracing.
+
+``open_observability`` builds what the server needs from the settings and
+the running ``App``: the telemetry interceptor (always: request ids and the
+access log), the ``/metrics`` endpoint when ``METRICS_ADDRESS`` is set, and
+OpenTelemetry tracing when ``OTEL_ENABLED`` is true. Logging itself is set up
+by the CLI (``logs.configure_logging``) before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from mcprouter.server.app import App
+from mcprouter.server.config import Settings
+from mcprouter.server.observability.exporter import MetricsEndpoint
+from mcprouter.server.observability.interceptor import TelemetryInterceptor
+from mcprouter.server.observability.metrics import RpcMetrics, ServerCollector
+from mcprouter.server.observability.settings import parse_address
+from mcprouter.server.observability.tracing import Tracing, start_tracing
+
+__all__ = ["Observability", "open_observability"]
+
+
+@dataclass(frozen=True)
+class Observability:
+    """What the server wires in: its interceptors, and where metrics are served."""
+
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...]  # type: ignore[type-arg]
+    registry: CollectorRegistry | None
+    metrics_port: int | None
+
+
+@asynccontextmanager
+async def open_observability(
+    settings: Settings,
+    app: App,
+    *,
+    backends: Mapping[str, int] | None = None,
+) -> AsyncIterator[Observability]:
+    """Start the metrics endpoint and tracing as configured; stop them on exit.
+
+    Args:
+        settings: The server's settings.
+        app: The running app, whose counters the metrics read.
+        backends: Backend name → health status, kept current by the health monitor.
+    """
+    async with AsyncExitStack() as stack:
+        registry: CollectorRegistry | None = None
+        rpc_metrics: RpcMetrics | None = None
+        port: int | None = None
+        if settings.metrics_address:
+            host, wanted = parse_address(settings.metrics_address)
+            registry = CollectorRegistry(auto_describe=True)
+            rpc_metrics = RpcMetrics(registry)
+            registry.register(
+                ServerCollector(
+                    app.stats, app.cache.breaker, backends=backends, inserts=app.clickhouse
+                )
+            )
+            endpoint = MetricsEndpoint(registry, host, wanted)
+            port = await endpoint.start()
+            stack.push_async_callback(endpoint.aclose)
+        tracing: Tracing | None = start_tracing() if settings.otel_enabled else None
+        if tracing is not None:
+            stack.callback(tracing.shutdown)
+        yield Observability(
+            interceptors=(TelemetryInterceptor(rpc_metrics, tracing),),
+            registry=registry,
+            metrics_port=port,
+        )

@@ -1,0 +1,199 @@
+"""The telemetry interceptor: request id, metrics, access log and trace span per call.
+
+It is the outermost interceptor, so it sees every unary call exactly as the
+client does: an error translated by ``ErrorTranslationInterceptor`` arrives
+here as ``AbortError`` with its code already set on the context. Streams
+(health ``Watch``) pass through untouched.
+
+Per call it
+
+* takes the caller's ``x-request-id`` (if well-formed) or makes one, puts it
+  in ``logs.REQUEST_ID`` for every log line of the call, and sends it back in
+  the response's initial metadata;
+* records ``RpcMetrics`` (in flight, latency, code) when metrics are on;
+* logs one line: DEBUG for every call (method, RouteData operation, code,
+  duration, and for RouteData the cache key and its outcome), INFO for calls
+  that failed on the server's side. Never the request or response payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+import grpc
+
+from mcprouter.server.grpc_wrapping import Behavior, WrappedHandlers
+from mcprouter.server.observability.logs import REQUEST_ID
+from mcprouter.server.observability.metrics import RpcMetrics
+from mcprouter.v1.serve_status_pb2 import ServeStatus
+
+log = logging.getLogger("mcprouter.server.rpc")
+cache_log = logging.getLogger("mcprouter.server.cache")
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# Codes that mean the server (or a backend) failed, not the caller; logged at
+# INFO. A deadline or cancellation is the caller's (and metrics count them).
+_SERVER_SIDE = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "DATA_LOSS"})
+
+if TYPE_CHECKING:
+    from mcprouter.server.grpc_wrapping import Handler
+
+
+class CallSpan(Protocol):
+    """A trace span around one call (see ``tracing.py``)."""
+
+    def set_code(self, code: str) -> None:
+        """Record the call's final status code."""
+
+
+class CallTracer(Protocol):
+    """Opens a span per call."""
+
+    def span(
+        self, service: str, method: str, metadata: tuple[tuple[str, str | bytes], ...]
+    ) -> AbstractContextManager[CallSpan]:
+        """A span for one call, continuing the caller's trace from ``metadata``."""
+
+
+class _NullSpan:
+    """The span of a call when tracing is off: does nothing, reused by every call."""
+
+    def __enter__(self) -> _NullSpan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def set_code(self, code: str) -> None:
+        """Ignore the code."""
+
+
+_NO_SPAN = _NullSpan()
+
+
+def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's ``x-request-id`` when well-formed, else a new random id."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and _VALID_ID.fullmatch(value):
+            return value
+    return secrets.token_hex(8)
+
+
+def code_of(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:
+    """The status code set on the context (by ``abort``), or ``default``."""
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else default
+
+
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps every unary-unary handler; the wrapper of each method is built once."""
+
+    def __init__(
+        self,
+        metrics: RpcMetrics | None = None,
+        tracer: CallTracer | None = None,
+        *,
+        echo_request_id: bool = True,
+    ) -> None:
+        self._metrics = metrics
+        self._tracer = tracer
+        self._echo = echo_request_id
+        self._handlers = WrappedHandlers(self._observed)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        """Wrap the method's unary handler with the telemetry of each call."""
+        handler = await continuation(handler_call_details)
+        return self._handlers.wrapped(handler, handler_call_details.method)
+
+    def _observed(self, behavior: Behavior, full_method: str) -> Behavior:
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        is_route = method == "RouteData"
+        metrics = self._metrics
+        tracer = self._tracer
+        echo = self._echo
+
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            request_id = request_id_of(context)
+            token = REQUEST_ID.set(request_id)
+            operation = (request.WhichOneof("operation") or "") if is_route else ""
+            gauge = metrics.started(service, method) if metrics is not None else None
+            if metrics is not None and operation == "track_events":
+                metrics.event_batch.observe(len(request.track_events.events))
+            span = (
+                tracer.span(service, method, tuple(context.invocation_metadata() or ()))
+                if tracer is not None
+                else _NO_SPAN
+            )
+            started = time.perf_counter()
+            code = "UNKNOWN"
+            response = None
+            with span as active:
+                try:
+                    if echo:
+                        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+                    response = await behavior(request, context)
+                    code = code_of(context, "OK")
+                    return response
+                except BaseException as exc:
+                    code = _code_after(exc, context)
+                    raise
+                finally:
+                    elapsed = time.perf_counter() - started
+                    active.set_code(code)
+                    if metrics is not None and gauge is not None:
+                        gauge.dec()
+                        metrics.finished(service, method, operation, code, elapsed)
+                    _log_call(method, operation, code, elapsed, response)
+                    REQUEST_ID.reset(token)
+
+        return call
+
+
+def _code_after(exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        # The client went away: by its deadline, or by cancelling.
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    if isinstance(exc, grpc.aio.AbortError):
+        return code_of(context, "UNKNOWN")
+    return "UNKNOWN"
+
+
+def _log_call(method: str, operation: str, code: str, elapsed: float, response: Any) -> None:
+    level = logging.INFO if code in _SERVER_SIDE else logging.DEBUG
+    if not log.isEnabledFor(level):
+        return
+    name = f"{method}.{operation}" if operation else method
+    fields: dict[str, Any] = {
+        "rpc": name,
+        "code": code,
+        "duration_ms": round(elapsed * 1000, 3),
+    }
+    log.log(level, "%s %s in %.1f ms", name, code, elapsed * 1000, extra=fields)
+    cache_key = getattr(response, "cache_key", "") if response is not None else ""
+    if cache_key and cache_log.isEnabledFor(logging.DEBUG):
+        status = ServeStatus.Name(response.status).removeprefix("SERVE_STATUS_")
+        cache_log.debug(
+            "cache %s %s in %.1f ms",
+            cache_key,
+            status,
+            elapsed * 1000,
+            extra={
+                "cache_key": cache_key,
+                "cache_status": status,
+                "cache_hit": status == "CACHED",
+                "duration_ms": fields["duration_ms"],
+            },
+        )
