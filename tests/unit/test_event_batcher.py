@@ -19,8 +19,10 @@ class Sink:
         self.fail: Exception | None = None
         self.delay = delay
         self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
 
     async def __call__(self, items: Sequence[int]) -> None:
+        self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(self.delay)
@@ -81,7 +83,7 @@ async def test_failure_reaches_every_caller_of_the_batch_only() -> None:
     batcher = EventBatcher(sink, max_batch=100, max_delay_ms=1)
     sink.fail = ConnectionError("clickhouse down")
     first = [asyncio.create_task(batcher.add([i])) for i in range(5)]
-    await asyncio.sleep(0.02)  # the first batch is in the sink, held by the gate
+    await sink.entered.wait()  # the first batch is in the sink, held by the gate
     second = [asyncio.create_task(batcher.add([i])) for i in range(10, 13)]
     sink.gate.set()
     results = await asyncio.gather(*first, return_exceptions=True)
@@ -117,12 +119,14 @@ async def test_explicit_flush() -> None:
 
 
 async def test_cancelled_caller_does_not_cancel_the_flush() -> None:
-    sink = Sink(delay=0.02)
+    sink = Sink()
+    sink.gate = asyncio.Event()
     batcher = EventBatcher(sink, max_batch=1000, max_delay_ms=1)
     task = asyncio.create_task(batcher.add([5]))
     other = asyncio.create_task(batcher.add([6]))
-    await asyncio.sleep(0.01)
+    await sink.entered.wait()  # the flush carrying both is in the sink
     task.cancel()
+    sink.gate.set()
     await other
     assert sorted(sink.written) == [5, 6]
     await batcher.aclose()
@@ -133,7 +137,7 @@ async def test_too_many_pending_is_refused() -> None:
     sink.gate = asyncio.Event()
     batcher = EventBatcher(sink, max_batch=10, max_delay_ms=1, max_pending=20)
     held = [asyncio.create_task(batcher.add(list(range(10)))) for _ in range(2)]
-    await asyncio.sleep(0.01)  # one batch of 10 in the sink; 10 pending
+    await sink.entered.wait()  # one batch of 10 in the sink; 10 pending
     third = asyncio.create_task(batcher.add(list(range(10))))
     await asyncio.sleep(0)
     with pytest.raises(ResourceExhausted):
