@@ -38,11 +38,11 @@ async def test_request_id_json_logs_and_metrics(launch_server: Launcher) -> None
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-            echoed = dict(await call.initial_metadata())
+            echoed = dict(await call.trailing_metadata())
             assert echoed["x-request-id"] == "trace-me-1"
             stats_call = stub.Stats(rs.StatsRequest(), timeout=5)
             await stats_call
-            generated = dict(await stats_call.initial_metadata())["x-request-id"]
+            generated = dict(await stats_call.trailing_metadata())["x-request-id"]
             assert generated and generated != "trace-me-1"
         text = await asyncio.to_thread(scrape, metrics_port)
         log = server.log()

@@ -71,8 +71,10 @@ def _translating(behavior: Behavior, method: str) -> Behavior:
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
-    # Equivalent to abort_with_status, which the type stubs lack.
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    # Equivalent to abort_with_status, which the type stubs lack; metadata set
+    # earlier in the call (the request id) is kept beside the error details.
+    already = tuple(context.trailing_metadata() or ())
+    await context.abort(status.code, status.details, already + tuple(status.trailing_metadata))
 
 
 class ErrorTranslationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
