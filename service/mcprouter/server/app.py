@@ -131,7 +131,12 @@ async def open_postgres(settings: Settings, stack: AsyncExitStack) -> AsyncItera
         dsn = await stack.enter_async_context(embedded_postgres(settings.data_dir))
     # min_size=0: the server starts (and reports postgres NOT_SERVING) even
     # when PostgreSQL is down; connections open on first use.
-    pool = await create_pool(dsn, min_size=0, max_size=settings.postgres_pool_size)
+    pool = await create_pool(
+        dsn,
+        min_size=0,
+        max_size=settings.postgres_pool_size,
+        command_timeout=settings.postgres_command_timeout_s,
+    )
     try:
         yield pool
     finally:

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     postgres_pool_size: int = Field(
         10, ge=1, le=1_000, description="Maximum PostgreSQL connections."
     )
+    postgres_command_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3_600,
+        description="Bound on every PostgreSQL statement, also for shared cache loads that "
+        "outlive their first caller's deadline (the server cancels the query).",
+    )
     migrate_on_start: bool = Field(
         False,
         description="Apply database migrations at start-up (always done for the embedded "
