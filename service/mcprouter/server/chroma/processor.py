@@ -50,6 +50,7 @@ from mcprouter.server.chroma.search_keys import generation_key, parse_generation
 from mcprouter.server.errors import FieldViolation, InvalidArgument, NotFound
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.request_validation import MAX_DIMENSION, MAX_ITEMS_PER_CALL, MAX_K
+from mcprouter.server.retries import BackgroundRetries
 from mcprouter.server.router import Handler, RouteResult
 from mcprouter.server.validation import Violations
 from mcprouter.v1 import router_service_pb2 as rs
@@ -59,7 +60,7 @@ from mcprouter.v1.serve_status_pb2 import ServeStatus
 log = logging.getLogger(__name__)
 
 # Retries of a failed generation bump: quick at first, then every 30 s until
-# it lands (one INCR covers every write before it, so retries never pile up).
+# it lands (one INCR covers every write before it, so one retry per collection).
 RETRY_DELAYS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 RETRY_MAX_DELAY_S = 30.0
 
@@ -110,7 +111,10 @@ class ChromaProcessor:
         self._uncached = dataclasses.replace(policy, enabled=False)
         self._redis_timeout = redis_timeout
         # Collections whose generation bump failed and is being retried.
-        self._pending: dict[str, asyncio.Task[None]] = {}
+        # Collections whose bump is being retried are searched uncached meanwhile.
+        self._bumps = BackgroundRetries(
+            delays=RETRY_DELAYS_S, then_every=RETRY_MAX_DELAY_S, retry_on=REDIS_ERRORS
+        )
 
     def handlers(self) -> dict[str, Handler]:
         """The RouteData operations this processor serves."""
@@ -174,7 +178,7 @@ class ChromaProcessor:
 
     async def _generation(self, collection: str) -> int | None:
         """The collection's generation; ``None``: search uncached (Redis down, bump pending)."""
-        if not self._policy.enabled or collection in self._pending:
+        if not self._policy.enabled or collection in self._bumps:
             return None
         breaker = self._cache.breaker
         if not breaker.allow():
@@ -211,35 +215,16 @@ class ChromaProcessor:
                 collection,
                 exc,
             )
-        if collection not in self._pending:
-            task = asyncio.create_task(self._retry(collection), name=f"bump {collection}")
-            self._pending[collection] = task
+        self._bumps.start(
+            collection,
+            lambda: self._incr(collection),
+            gave_up="never (retried until Redis answers)",
+        )
         return 0
-
-    async def _retry(self, collection: str) -> None:
-        attempt = 0
-        try:
-            while True:
-                delay = RETRY_DELAYS_S[attempt] if attempt < len(RETRY_DELAYS_S) else None
-                await asyncio.sleep(delay if delay is not None else RETRY_MAX_DELAY_S)
-                attempt += 1
-                try:
-                    generation = await self._incr(collection)
-                except REDIS_ERRORS:
-                    continue
-                log.info("search generation of %r bumped to %d on retry", collection, generation)
-                return
-        finally:
-            self._pending.pop(collection, None)
 
     async def aclose(self) -> None:
         """Cancel pending generation bumps (on shutdown)."""
-        tasks = list(self._pending.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._bumps.aclose()
 
 
 @contextlib.contextmanager

@@ -11,10 +11,9 @@ cancelled RPC cannot stop the sequence half-way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
@@ -27,13 +26,13 @@ from mcprouter.server.clickhouse.realtime import RealtimeCounters, hour_start
 from mcprouter.server.errors import CacheUnavailable, RouterError, Unavailable
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.redis.processor import RedisProcessor
+from mcprouter.server.retries import BackgroundRetries
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1.events_pb2 import Event
 
 log = logging.getLogger(__name__)
 
 DEDUP_FAMILY = "dedup"
-RELEASE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 # SET NX EX for each key, in order (so a repeat within one request loses to its
 # first copy); 1 where the key was set. One command instead of one per event:
@@ -77,7 +76,8 @@ class EventTracker:
         self._lag_s = ingestion_lag_s
         self._counters = RealtimeCounters(redis, keyspace)
         self._claim_script = redis.register_script(CLAIM_SCRIPT)
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks: set[asyncio.Task[list[bool]]] = set()
+        self._releases = BackgroundRetries(retry_on=(CacheUnavailable,))
 
     @property
     def counters(self) -> RealtimeCounters:
@@ -136,19 +136,12 @@ class EventTracker:
             await self._dedup.release_marks(DEDUP_FAMILY, event_ids)
         except CacheUnavailable as exc:
             log.warning("releasing %d dedup markers failed, retrying: %s", len(event_ids), exc)
-            self._spawn(self._retry_release(list(event_ids)), "release-dedup-markers")
-
-    async def _retry_release(self, event_ids: list[str]) -> None:
-        for delay in RELEASE_RETRY_DELAYS_S:
-            await asyncio.sleep(delay)
-            with contextlib.suppress(CacheUnavailable):
-                await self._dedup.release_marks(DEDUP_FAMILY, event_ids)
-                return
-        log.error(
-            "gave up releasing %d dedup markers: retries of those events are answered "
-            "DUPLICATE until the markers expire",
-            len(event_ids),
-        )
+            ids = list(event_ids)
+            self._releases.start(
+                f"release of {len(ids)} dedup markers ({ids[0]}...)",
+                lambda: self._dedup.release_marks(DEDUP_FAMILY, ids),
+                gave_up="retries of those events are answered DUPLICATE until the markers expire",
+            )
 
     async def _after_insert(self, events: Sequence[Event]) -> None:
         try:
@@ -171,20 +164,14 @@ class EventTracker:
             except CacheUnavailable as exc:
                 log.warning("late events stored but %d entries not invalidated: %s", len(late), exc)
 
-    def _spawn(self, coro: Awaitable[object], name: str) -> None:
-        async def run() -> object:
-            return await coro
-
-        self._keep(asyncio.create_task(run(), name=name))
-
-    def _keep(self, task: asyncio.Task[object] | asyncio.Task[list[bool]]) -> None:
+    def _keep(self, task: asyncio.Task[list[bool]]) -> None:
         """Hold a task until done, so ``aclose`` finds it, and retrieve its outcome.
 
         Nobody awaits the outcome when the RPC that started the task was cancelled.
         """
         self._tasks.add(task)
 
-        def done(t: asyncio.Task[object] | asyncio.Task[list[bool]]) -> None:
+        def done(t: asyncio.Task[list[bool]]) -> None:
             self._tasks.discard(t)
             if not t.cancelled():
                 t.exception()
@@ -193,8 +180,5 @@ class EventTracker:
 
     async def aclose(self) -> None:
         """Let in-flight ingestion finish, then cancel background marker releases."""
-        ingesting = [t for t in self._tasks if t.get_name() == "track-events"]
-        await asyncio.gather(*ingesting, return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._releases.aclose()

@@ -18,8 +18,6 @@ then fails on the version check.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,15 +28,13 @@ from mcprouter.server.cache import CacheAside, CachePolicy, Served
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.postgres.store import PostgresStore
 from mcprouter.server.redis.processor import RedisProcessor
+from mcprouter.server.retries import BackgroundRetries
 from mcprouter.server.router import Handler, RouteResult
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Assignment, Experiment, UserProfile
 from mcprouter.v1.serve_status_pb2 import ServeStatus
 
 log = logging.getLogger(__name__)
-
-# Background invalidation retries: 0.5 s, 1 s, 2 s, ... up to about a minute.
-RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +60,7 @@ class PostgresProcessor:
         self._cache = cache
         self._invalidator = invalidator
         self._policies = policies
-        self._retries: set[asyncio.Task[None]] = set()
+        self._retries = BackgroundRetries(retry_on=(CacheUnavailable,))
 
     def handlers(self) -> dict[str, Handler]:
         """The RouteData operations this processor serves."""
@@ -138,28 +134,13 @@ class PostgresProcessor:
             await invalidate()
         except CacheUnavailable as exc:
             log.warning("invalidation of %s failed after commit, retrying: %s", key, exc)
-            task = asyncio.create_task(self._retry(key, invalidate), name=f"invalidate {key}")
-            self._retries.add(task)
-            task.add_done_callback(self._retries.discard)
-
-    async def _retry(self, key: str, invalidate: Callable[[], Awaitable[None]]) -> None:
-        for delay in RETRY_DELAYS_S:
-            await asyncio.sleep(delay)
-            try:
-                await invalidate()
-            except CacheUnavailable:
-                continue
-            log.info("invalidation of %s succeeded on retry", key)
-            return
-        log.error("gave up invalidating %s; it expires with its TTL", key)
+            self._retries.start(
+                f"invalidation of {key}", invalidate, gave_up="it expires with its TTL"
+            )
 
     async def aclose(self) -> None:
         """Cancel pending invalidation retries (on shutdown)."""
-        for task in list(self._retries):
-            task.cancel()
-        for task in list(self._retries):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._retries.aclose()
 
 
 def _result(
