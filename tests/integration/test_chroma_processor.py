@@ -88,7 +88,7 @@ def build_rig(redis: aioredis.Redis, namespace: str, store: ChromaStore) -> Rig:
     cache = CacheAside(
         redis, keyspace, CacheStats(), CircuitBreaker(), clock=clock, redis_timeout=2.0
     )
-    processor = ChromaProcessor(store, cache, redis, keyspace, policy(), redis_timeout=2.0)
+    processor = ChromaProcessor(store, cache, redis, keyspace, policy())
     return Rig(processor, store, cache, clock, keyspace, redis)
 
 

@@ -225,7 +225,6 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             redis,
             keyspace,
             cache_policy(settings, DataType.DATA_TYPE_SEARCH, settings.ttl_search_s),
-            redis_timeout=redis_timeout_s,
         )
         stack.push_async_callback(chroma_processor.aclose)
         handlers: dict[str, Handler] = {

@@ -118,6 +118,11 @@ class CacheAside:
         """The circuit breaker guarding Redis."""
         return self._guard.breaker
 
+    @property
+    def guard(self) -> GuardedRedis:
+        """The Redis boundary (timeouts, breaker, counters), for a processor's own keys."""
+        return self._guard
+
     async def get_or_load(
         self, key: str, message_type: type[M], loader: Loader[M], policy: CachePolicy
     ) -> Served[M]:

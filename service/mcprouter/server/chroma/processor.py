@@ -32,7 +32,6 @@ When Redis fails:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -44,7 +43,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from mcprouter.server.cache import CacheAside, CachePolicy
-from mcprouter.server.cache.guard import REDIS_ERRORS
+from mcprouter.server.cache.guard import REDIS_ERRORS, Down
 from mcprouter.server.chroma.filters import Where, check_collection, to_where
 from mcprouter.server.chroma.search_keys import generation_key, parse_generation, search_cache_key
 from mcprouter.server.errors import FieldViolation, InvalidArgument, NotFound
@@ -90,8 +89,6 @@ class ChromaProcessor:
         redis: aioredis.Redis,
         keyspace: KeySpace,
         policy: CachePolicy,
-        *,
-        redis_timeout: float = 0.25,
     ) -> None:
         """Borrow the store, the cache core and the Redis client.
 
@@ -101,7 +98,6 @@ class ChromaProcessor:
             redis: The shared client, for the collection generations.
             keyspace: Where the generation keys live.
             policy: How searches are cached (``DATA_TYPE_SEARCH``).
-            redis_timeout: Bound on each generation GET / INCR, in seconds.
         """
         self._store = store
         self._cache = cache
@@ -109,9 +105,8 @@ class ChromaProcessor:
         self._keyspace = keyspace
         self._policy = policy
         self._uncached = dataclasses.replace(policy, enabled=False)
-        self._redis_timeout = redis_timeout
-        # Collections whose generation bump failed and is being retried.
-        # Collections whose bump is being retried are searched uncached meanwhile.
+        # Collections whose generation bump failed and is being retried; they
+        # are searched uncached meanwhile.
         self._bumps = BackgroundRetries(
             delays=RETRY_DELAYS_S, then_every=RETRY_MAX_DELAY_S, retry_on=REDIS_ERRORS
         )
@@ -180,29 +175,16 @@ class ChromaProcessor:
         """The collection's generation; ``None``: search uncached (Redis down, bump pending)."""
         if not self._policy.enabled or collection in self._bumps:
             return None
-        breaker = self._cache.breaker
-        if not breaker.allow():
-            return None
-        try:
-            async with asyncio.timeout(self._redis_timeout):
-                raw = await self._redis.get(generation_key(self._keyspace, collection))
-        except REDIS_ERRORS as exc:
-            breaker.record_failure()
-            log.warning("reading the generation of %r failed, search uncached: %s", collection, exc)
-            return None
-        breaker.record_success()
-        return parse_generation(raw)
+        key = generation_key(self._keyspace, collection)
+        raw = await self._cache.guard.call(
+            "generation GET", collection, self._policy.data_type, lambda: self._redis.get(key)
+        )
+        return None if isinstance(raw, Down) else parse_generation(raw)
 
     async def _incr(self, collection: str) -> int:
-        breaker = self._cache.breaker
-        try:
-            async with asyncio.timeout(self._redis_timeout):
-                generation = await self._redis.incr(generation_key(self._keyspace, collection))
-        except REDIS_ERRORS:
-            breaker.record_failure()
-            raise
-        breaker.record_success()
-        return int(generation)
+        # strict: a write must try even with the breaker open, and fail loudly.
+        key = generation_key(self._keyspace, collection)
+        return int(await self._cache.guard.strict(lambda: self._redis.incr(key)))
 
     async def _bump(self, collection: str) -> int:
         """INCR the generation (even with the breaker open: a write must try); 0 if it failed."""

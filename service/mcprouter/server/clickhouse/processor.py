@@ -54,10 +54,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from mcprouter.server import keys
 from mcprouter.server.cache import CacheAside, CachePolicy
+from mcprouter.server.cache.guard import REDIS_ERRORS
 from mcprouter.server.clickhouse.analytics_report import build_analytics
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.store import ClickHouseStore
@@ -88,7 +88,6 @@ log = logging.getLogger(__name__)
 ExperimentLookup = Callable[[str], Awaitable[Experiment | None]]
 
 CONVERSION_EVENT_TYPE = "conversion"
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 STORED = ServeStatus.SERVE_STATUS_STORED
 DUPLICATE = ServeStatus.SERVE_STATUS_DUPLICATE
 
@@ -265,7 +264,7 @@ class ClickHouseProcessor:
             figures = await self._tracker.counters.read(
                 op.experiment_id, op.variant, op.metric, hour
             )
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             self._stats.redis_error()
             log.warning("real-time counters unreadable, asking ClickHouse: %s", exc)
             try:

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from mcprouter.server import keys
 from mcprouter.server.cache import CacheAside
+from mcprouter.server.cache.guard import REDIS_ERRORS
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.realtime import RealtimeCounters, hour_start
 from mcprouter.server.errors import CacheUnavailable, RouterError, Unavailable
@@ -33,7 +33,6 @@ from mcprouter.v1.events_pb2 import Event
 log = logging.getLogger(__name__)
 
 DEDUP_FAMILY = "dedup"
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 # SET NX EX for each key, in order (so a repeat within one request loses to its
 # first copy); 1 where the key was set. One command instead of one per event:
 # redis-py spends ~100-150 us of CPU packing and parsing each pipelined SET,
@@ -122,9 +121,11 @@ class EventTracker:
         """SET NX EX every id, in order, in one script call; True where this call set it."""
         keys_ = [self._keyspace.internal(DEDUP_FAMILY, event_id) for event_id in event_ids]
         try:
-            replies = await self._claim_script(keys=keys_, args=[self._dedup_ttl_s])
-        except _REDIS_ERRORS as exc:
-            self._stats.redis_error()
+            # strict: dedup never fails open (an event could be counted twice).
+            replies = await self._cache.guard.strict(
+                lambda: self._claim_script(keys=keys_, args=[self._dedup_ttl_s])
+            )
+        except REDIS_ERRORS as exc:
             raise CacheUnavailable(
                 f"Redis failed, events cannot be deduplicated and were not stored: {exc}",
                 metadata={"action": "dedup"},
@@ -146,7 +147,7 @@ class EventTracker:
     async def _after_insert(self, events: Sequence[Event]) -> None:
         try:
             await self._counters.record(events)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             self._stats.redis_error()
             log.warning("real-time counters of %d stored events not updated: %s", len(events), exc)
         # Epoch-second arithmetic: this runs for every stored event.
