@@ -149,7 +149,7 @@ class CacheAside:
             )
             return self._served(key, loaded, message_type, policy)
         local = self._local.get(key)
-        if local is not None and isinstance(local.value, message_type | None):
+        if local is not None and (local.value is None or isinstance(local.value, message_type)):
             return self._served_locally(key, local.value, local.stored_at, dt)
         generation = self._local.generation
         rkey = self._keyspace.redis_key(key)
