@@ -54,6 +54,14 @@ def _task() -> asyncio.Task[Any] | None:
         return None
 
 
+# Store calls end this much before the caller's deadline. At the deadline
+# itself gRPC cancels the call's task; a store client interrupted by that
+# cancellation in mid-protocol (asyncpg between Bind and Sync) can leave its
+# server session waiting on the client, while its own timeout firing first
+# cancels the query cleanly and returns the connection intact.
+STORE_DEADLINE_MARGIN_S = 0.05
+
+
 def current() -> float | None:
     """The absolute deadline (``time.monotonic()`` clock) of this task's call, if any."""
     state = _DEADLINE.get()
@@ -87,7 +95,7 @@ def remaining(default: float | None) -> float | None:
     deadline = current()
     if deadline is None:
         return default
-    left = max(deadline - time.monotonic(), 0.0)
+    left = max(deadline - time.monotonic() - STORE_DEADLINE_MARGIN_S, 0.0)
     return left if default is None else min(default, left)
 
 
