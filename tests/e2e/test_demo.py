@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mcprouter.server.demo import run_demo
+from mcprouter.demo import run_demo
 from tests.e2e.conftest import _base_environment
 
 pytestmark = pytest.mark.e2e

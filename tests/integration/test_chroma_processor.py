@@ -24,10 +24,10 @@ from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
 from mcprouter.server.chroma.processor import ChromaProcessor
 from mcprouter.server.chroma.search_keys import generation_key
 from mcprouter.server.chroma.store import ChromaStore, open_chroma
+from mcprouter.server.edge.request_validation import validate_route_data
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.redis.connection import create_redis
 from mcprouter.server.redis.processor import RedisProcessor
-from mcprouter.server.request_validation import validate_route_data
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import search_pb2 as search

@@ -28,10 +28,10 @@ from mcprouter.server.clickhouse.processor import (
 )
 from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
 from mcprouter.server.clickhouse.store import ClickHouseStore, open_clickhouse
+from mcprouter.server.edge.request_validation import validate_route_data
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.redis.connection import create_redis
 from mcprouter.server.redis.processor import RedisProcessor
-from mcprouter.server.request_validation import validate_route_data
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.events_pb2 import Analytics, Event, EventMetrics, TrackEventsResult

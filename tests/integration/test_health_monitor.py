@@ -7,7 +7,7 @@ from pathlib import Path
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from mcprouter.server.health import NOT_SERVING, ROUTER_SERVICE, SERVING, HealthMonitor
+from mcprouter.server.edge.health import NOT_SERVING, ROUTER_SERVICE, SERVING, HealthMonitor
 from mcprouter.server.redis.connection import create_redis
 from tests import backends
 

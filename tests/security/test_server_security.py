@@ -33,10 +33,10 @@ from grpc_status import rpc_status
 
 from mcprouter.server import budget as deadlines
 from mcprouter.server.config import Settings
+from mcprouter.server.edge.security import SecurityConfig, add_port, parse_tokens
+from mcprouter.server.edge.server import build_server
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.router import Router, RouteResult
-from mcprouter.server.security import SecurityConfig, add_port, parse_tokens
-from mcprouter.server.server import build_server
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import router_service_pb2_grpc as rs_grpc

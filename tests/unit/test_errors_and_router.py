@@ -6,8 +6,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from mcprouter.server.edge.status import to_rpc_status
 from mcprouter.server.errors import FieldViolation, InvalidArgument, NotFound, Unimplemented
-from mcprouter.server.grpc_errors import to_rpc_status
 from mcprouter.server.router import Router, RouteResult
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Experiment

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.protobuf import json_format
 
-from mcprouter.server import request_validation as checks
+from mcprouter.server.edge import request_validation as checks
 from mcprouter.server.errors import InvalidArgument
 from mcprouter.v1 import router_service_pb2 as rs
 

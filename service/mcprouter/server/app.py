@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -34,7 +34,6 @@ from mcprouter.server.clickhouse.store import (
 )
 from mcprouter.server.config import Settings
 from mcprouter.server.embedded import embedded_postgres, embedded_redis
-from mcprouter.server.health import Probe
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.postgres.migrations import apply_migrations
 from mcprouter.server.postgres.pool import create_pool
@@ -47,6 +46,9 @@ from mcprouter.server.stats import CacheStats
 from mcprouter.v1.serve_status_pb2 import DataType
 
 log = logging.getLogger(__name__)
+
+Probe = Callable[[], Awaitable[object]]
+"""Raises unless its backend answers (the health monitor calls one per backend)."""
 
 
 @dataclass(frozen=True)

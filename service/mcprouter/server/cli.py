@@ -59,9 +59,25 @@ def _parser() -> argparse.ArgumentParser:
         "then show FRESH/CACHED reads with latencies, event dedup, invalidation and Stats. "
         "Without --target it starts the embedded default in-process (temporary folder).",
     )
-    from mcprouter.server.demo import add_arguments as add_demo_arguments
-
-    add_demo_arguments(demo)
+    # The demo's own options, here so that no command but ``demo`` imports the
+    # demo or the client SDK it runs on.
+    demo.add_argument(
+        "--target",
+        default=None,
+        metavar="HOST:PORT",
+        help="a running server; omitted: start the embedded default in this process",
+    )
+    demo.add_argument(
+        "--token",
+        default=os.environ.get("MCPROUTER_TOKEN"),
+        help="bearer token for a server with AUTH_TOKENS [default: $MCPROUTER_TOKEN]",
+    )
+    demo.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="PEM",
+        help="connect with TLS, verifying the server against this CA file",
+    )
     return parser
 
 
@@ -136,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "health":
         sys.exit(_health(args.address, args.service, args.timeout))
     if args.command == "demo":
-        from mcprouter.server.demo import main as demo_main
+        from mcprouter.demo import main as demo_main
 
         sys.exit(demo_main(args.target, token=args.token, tls_ca=args.tls_ca))
     settings = _load_settings(args.env_file)
@@ -144,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # pgserver logs every command it runs at INFO; keep its warnings only.
     logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command == "serve":
-        from mcprouter.server.server import serve
+        from mcprouter.server.edge.server import serve
 
         os.makedirs(settings.data_dir, exist_ok=True)
         _run(serve(settings))

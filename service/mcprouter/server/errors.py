@@ -1,9 +1,11 @@
-"""The exceptions the server raises, each mapped to one gRPC status code.
+"""Every exception the server reports to a caller: one tree, each class one status code.
 
-Handlers raise these; one interceptor (``grpc_errors.ErrorTranslationInterceptor``)
-turns them into a ``google.rpc.Status`` with an ``ErrorInfo`` (and a
-``BadRequest`` for invalid input) at the edge. Anything else that escapes a
-handler is logged with its traceback and answered INTERNAL without details.
+Stores translate their drivers' failures into this tree once, at their own
+boundary (``postgres/failures.py``, ...); handlers raise it; the edge
+(``edge/status.py``) turns it into a ``google.rpc.Status`` with an
+``ErrorInfo`` (and a ``BadRequest`` for invalid input). Anything else that
+escapes a handler is a bug: logged with its traceback, answered INTERNAL.
+Nothing here imports gRPC: ``code`` is the canonical status code's name.
 
     RouterError                      (UNKNOWN; never raised directly)
     ├── InvalidArgument              INVALID_ARGUMENT + BadRequest field violations
@@ -13,16 +15,17 @@ handler is logged with its traceback and answered INTERNAL without details.
     ├── Aborted                      ABORTED (optimistic-concurrency conflict)
     ├── ResourceExhausted            RESOURCE_EXHAUSTED
     ├── Unimplemented                UNIMPLEMENTED (processor not landed/configured)
+    ├── Unauthenticated              UNAUTHENTICATED (bearer token missing or wrong)
+    ├── DeadlineExceeded             DEADLINE_EXCEEDED (the caller's deadline passed)
     └── Unavailable                  UNAVAILABLE (store down, nothing stale to serve)
-        └── CacheUnavailable         UNAVAILABLE (a cache-only RPC while Redis is down)
+        ├── CacheUnavailable         UNAVAILABLE (a cache-only RPC while Redis is down)
+        └── StoreClosed              UNAVAILABLE (a store used after shutdown began)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import grpc
 
 ERROR_DOMAIN = "mcprouter.v1"
 
@@ -38,7 +41,7 @@ class FieldViolation:
 class RouterError(Exception):
     """Root of every error the server reports to a caller."""
 
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    code: str = "UNKNOWN"  # the canonical gRPC status code's name
     default_reason: str = "UNKNOWN"
 
     def __init__(
@@ -57,7 +60,7 @@ class RouterError(Exception):
 class InvalidArgument(RouterError):
     """The request is malformed; ``violations`` name every bad field."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = "INVALID_ARGUMENT"
     default_reason = "INVALID_ARGUMENT"
 
     def __init__(
@@ -84,49 +87,49 @@ class InvalidArgument(RouterError):
 class NotFound(RouterError):
     """The requested entity does not exist in its store."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    code = "NOT_FOUND"
     default_reason = "NOT_FOUND"
 
 
 class AlreadyExists(RouterError):
     """The entity to create exists already."""
 
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = "ALREADY_EXISTS"
     default_reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(RouterError):
     """The system is not in a state that allows the operation."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = "FAILED_PRECONDITION"
     default_reason = "FAILED_PRECONDITION"
 
 
 class Aborted(RouterError):
     """A concurrent change won (e.g. a stale optimistic-concurrency version)."""
 
-    code = grpc.StatusCode.ABORTED
+    code = "ABORTED"
     default_reason = "ABORTED"
 
 
 class ResourceExhausted(RouterError):
     """A limit of the server was reached."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "RESOURCE_EXHAUSTED"
     default_reason = "RESOURCE_EXHAUSTED"
 
 
 class Unimplemented(RouterError):
     """The operation's processor has not landed or is not configured."""
 
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code = "UNIMPLEMENTED"
     default_reason = "PROCESSOR_NOT_AVAILABLE"
 
 
 class Unavailable(RouterError):
     """A store failed and nothing stale could be served instead."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = "UNAVAILABLE"
     default_reason = "STORE_UNAVAILABLE"
 
 
@@ -134,3 +137,23 @@ class CacheUnavailable(Unavailable):
     """Redis failed during an RPC that has no store to fall back to."""
 
     default_reason = "CACHE_UNAVAILABLE"
+
+
+class StoreClosed(Unavailable):
+    """A store was used after the server began shutting down."""
+
+    default_reason = "SHUTTING_DOWN"
+
+
+class Unauthenticated(RouterError):
+    """The call carries no valid bearer token."""
+
+    code = "UNAUTHENTICATED"
+    default_reason = "UNAUTHENTICATED"
+
+
+class DeadlineExceeded(RouterError):
+    """The caller's deadline passed before the work was done."""
+
+    code = "DEADLINE_EXCEEDED"
+    default_reason = "DEADLINE_EXCEEDED"

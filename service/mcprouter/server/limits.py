@@ -1,90 +1,24 @@
-"""The server's own bound on in-flight RPCs.
+"""Bounds on what one request may carry, in one place.
 
-``grpc.aio.server(maximum_concurrent_rpcs=...)`` alone has been bypassable
-(grpc #41531), and it refuses without a rich status. ``InFlightLimiter``
-counts the unary calls being handled and refuses one beyond the bound at
-once with RESOURCE_EXHAUSTED (reason ``TOO_MANY_IN_FLIGHT_RPCS``): a server
-that is already saturated gains nothing from queueing more work, and a
-client can retry elsewhere. Everything runs on the event loop thread, so a
-plain integer is the whole semaphore.
-
-Health checks are not counted (a saturated instance must still answer its
-probes), and streaming methods (health ``Watch``, reflection) do no store
-work, so they pass unbounded.
+The edge validates every request against these before anything runs
+(``edge/request_validation.py``), and the stores that depend on them (Chroma's
+filters and dimensions) import them from here, so the two can never disagree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
 
-import grpc
-
-from mcprouter.server.auth import method_matches
-from mcprouter.server.errors import ResourceExhausted
-from mcprouter.server.grpc_errors import to_rpc_status
-from mcprouter.server.grpc_wrapping import Behavior, WrappedHandlers
-
-if TYPE_CHECKING:
-    from mcprouter.server.grpc_wrapping import Handler
-
-UNBOUNDED_METHODS = ("/grpc.health.v1.Health/*",)
-
-
-class InFlightLimiter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses unary calls beyond ``limit`` running at once.
-
-    Attributes:
-        refused: Calls refused so far (for metrics).
-    """
-
-    def __init__(self, limit: int, *, unbounded: Sequence[str] = UNBOUNDED_METHODS) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self.limit = limit
-        self._unbounded = tuple(unbounded)
-        self._in_flight = 0
-        self.refused = 0
-        self._status = to_rpc_status(
-            ResourceExhausted(
-                f"the server is handling its maximum of {limit} calls; retry with backoff",
-                reason="TOO_MANY_IN_FLIGHT_RPCS",
-                metadata={"limit": str(limit)},
-            )
-        )
-        self._handlers = WrappedHandlers(lambda behavior, _method: self._bounded(behavior))
-
-    @property
-    def in_flight(self) -> int:
-        """Unary calls being handled now (for metrics)."""
-        return self._in_flight
-
-    def _bounded(self, behavior: Behavior) -> Behavior:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if self._in_flight >= self.limit:
-                self.refused += 1
-                status = self._status
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            self._in_flight += 1
-            try:
-                return await behavior(request, context)
-            finally:
-                self._in_flight -= 1
-
-        return wrapper
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        """Wrap the method's unary handler with the bound (built once per method)."""
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if (
-            handler is None
-            or handler.unary_unary is None
-            or method_matches(method, self._unbounded)
-        ):
-            return handler
-        return self._handlers.wrapped(handler, method)
+MAX_KEYS_PER_CALL = 500
+MAX_EVENTS_PER_CALL = 1000
+MAX_ITEMS_PER_CALL = 1000
+MAX_DIMENSION = 4096
+MAX_K = 100
+MAX_FILTER_CONDITIONS = 16
+MAX_FILTER_VALUES = 100
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_VALUE_LENGTH = 1024
+MAX_DOCUMENT_LENGTH = 65_536
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+# Clocks drift; an event "from the future" beyond this is a client bug.
+MAX_CLOCK_SKEW = timedelta(hours=1)

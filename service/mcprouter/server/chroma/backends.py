@@ -30,13 +30,9 @@ from urllib.parse import urlsplit
 import chromadb
 from chromadb.config import Settings as ChromaSettings
 
-from mcprouter.server.errors import Unavailable
+from mcprouter.server.errors import StoreClosed
 
 DEFAULT_PORT = 8000
-
-
-class StoreClosed(Unavailable):
-    """The Chroma store was closed (shutdown, or a test simulating an outage)."""
 
 
 class Backend(Protocol):

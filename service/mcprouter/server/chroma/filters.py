@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from mcprouter.server.request_validation import MAX_FILTER_CONDITIONS, MAX_FILTER_VALUES
+from mcprouter.server.limits import MAX_FILTER_CONDITIONS, MAX_FILTER_VALUES
 from mcprouter.server.validation import Violations, is_identifier
 from mcprouter.v1 import search_pb2 as search
 

@@ -53,7 +53,7 @@ from mcprouter.server.chroma.search_keys import generation_key, parse_generation
 from mcprouter.server.errors import FieldViolation, InvalidArgument, NotFound
 from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.request_validation import MAX_DIMENSION, MAX_ITEMS_PER_CALL, MAX_K
+from mcprouter.server.limits import MAX_DIMENSION, MAX_ITEMS_PER_CALL, MAX_K
 from mcprouter.server.router import Handler, RouteResult
 from mcprouter.server.validation import Violations
 from mcprouter.server.writes import Writes

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
-from mcprouter.server.grpc_wrapping import Behavior, WrappedHandlers
+from mcprouter.server.edge.wrapping import Behavior, WrappedHandlers
 from mcprouter.server.observability.logs import REQUEST_ID
 from mcprouter.server.observability.metrics import RpcMetrics
 from mcprouter.v1.serve_status_pb2 import ServeStatus
@@ -44,7 +44,7 @@ _VALID_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _SERVER_SIDE = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "DATA_LOSS"})
 
 if TYPE_CHECKING:
-    from mcprouter.server.grpc_wrapping import Handler
+    from mcprouter.server.edge.wrapping import Handler
 
 
 class CallSpan(Protocol):

@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from mcprouter.server.cache.breaker import CircuitBreaker
-from mcprouter.server.health import SERVING
+from mcprouter.server.edge.health import SERVING
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.serve_status_pb2 import DataType
 

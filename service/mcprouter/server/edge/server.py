@@ -14,16 +14,16 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from mcprouter.server.app import App, open_app
-from mcprouter.server.auth import AuthInterceptor
 from mcprouter.server.config import Settings
-from mcprouter.server.deadlines import DeadlineInterceptor
-from mcprouter.server.grpc_errors import ErrorTranslationInterceptor
-from mcprouter.server.health import HealthMonitor, HealthService
-from mcprouter.server.limits import InFlightLimiter
+from mcprouter.server.edge.auth import AuthInterceptor
+from mcprouter.server.edge.deadlines import DeadlineInterceptor
+from mcprouter.server.edge.health import HealthMonitor, HealthService
+from mcprouter.server.edge.inflight import InFlightLimiter
+from mcprouter.server.edge.reflection import DocumentedReflectionServicer, documented_files
+from mcprouter.server.edge.security import SecurityConfig, add_port
+from mcprouter.server.edge.servicer import RouterServicer
+from mcprouter.server.edge.status import ErrorTranslationInterceptor
 from mcprouter.server.observability import open_observability
-from mcprouter.server.reflection import DocumentedReflectionServicer, documented_files
-from mcprouter.server.security import SecurityConfig, add_port
-from mcprouter.server.servicer import RouterServicer
 from mcprouter.v1 import router_service_pb2, router_service_pb2_grpc
 
 log = logging.getLogger(__name__)

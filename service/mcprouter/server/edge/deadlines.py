@@ -18,18 +18,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from mcprouter.server.budget import remaining, set_timeout
-from mcprouter.server.errors import RouterError
-from mcprouter.server.grpc_wrapping import Behavior, Continuation, WrappedHandlers
+from mcprouter.server.edge.wrapping import Behavior, Continuation, WrappedHandlers
+from mcprouter.server.errors import DeadlineExceeded
 
 if TYPE_CHECKING:
-    from mcprouter.server.grpc_wrapping import Handler
-
-
-class DeadlineExceeded(RouterError):
-    """The caller's deadline passed before the work was done."""
-
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-    default_reason = "DEADLINE_EXCEEDED"
+    from mcprouter.server.edge.wrapping import Handler
 
 
 def _with_deadline(behavior: Behavior) -> Behavior:

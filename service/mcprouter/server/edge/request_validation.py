@@ -2,7 +2,7 @@
 
 Each check names the offending field by its path in the request (for example
 ``track_events.events[3].value``) so the ``google.rpc.BadRequest`` a client
-gets points at the exact input to fix. Limits are module constants and are
+gets points at the exact input to fix. Limits live in ``limits.py`` and are
 listed in the README.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,23 +18,24 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mcprouter.server import keys
 from mcprouter.server.entity_checks import check_experiment, check_user_profile
 from mcprouter.server.errors import InvalidArgument
+from mcprouter.server.limits import (
+    EARLIEST_TIME,
+    MAX_CLOCK_SKEW,
+    MAX_DIMENSION,
+    MAX_DOCUMENT_LENGTH,
+    MAX_EVENTS_PER_CALL,
+    MAX_FILTER_CONDITIONS,
+    MAX_FILTER_VALUES,
+    MAX_ITEMS_PER_CALL,
+    MAX_K,
+    MAX_KEYS_PER_CALL,
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_VALUE_LENGTH,
+)
 from mcprouter.server.validation import Violations
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import search_pb2 as search
 
-MAX_KEYS_PER_CALL = 500
-MAX_EVENTS_PER_CALL = 1000
-MAX_ITEMS_PER_CALL = 1000
-MAX_DIMENSION = 4096
-MAX_K = 100
-MAX_FILTER_CONDITIONS = 16
-MAX_FILTER_VALUES = 100
-MAX_METADATA_ENTRIES = 32
-MAX_METADATA_VALUE_LENGTH = 1024
-MAX_DOCUMENT_LENGTH = 65_536
-EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
-# Clocks drift; an event "from the future" beyond this is a client bug.
-MAX_CLOCK_SKEW = timedelta(hours=1)
 _EARLIEST_SECONDS = int(EARLIEST_TIME.timestamp())
 
 _SCALAR_OPERATORS = {

@@ -17,11 +17,11 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from mcprouter.server.edge.wrapping import Behavior, Continuation, WrappedHandlers
 from mcprouter.server.errors import ERROR_DOMAIN, InvalidArgument, RouterError
-from mcprouter.server.grpc_wrapping import Behavior, Continuation, WrappedHandlers
 
 if TYPE_CHECKING:
-    from mcprouter.server.grpc_wrapping import Handler
+    from mcprouter.server.edge.wrapping import Handler
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def to_rpc_status(error: RouterError) -> grpc.Status:
             ]
         )
         details.append(_pack(bad_request))
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    code = grpc.StatusCode[error.code].value[0]
+    status = status_pb2.Status(code=code, message=error.message, details=details)
     return rpc_status.to_status(status)
 
 

@@ -1,5 +1,8 @@
 """``mcp-router demo``: seed data and watch the cache work, through the Python SDK.
 
+Outside the server package on purpose: it needs the client SDK, which the
+server does not; ``cli.py`` imports it only when the ``demo`` command runs.
+
 With ``--target host:port`` it talks to a running server. Without one it
 starts the embedded default in this process (Valkey, PostgreSQL, chDB and
 Chroma in a temporary folder, store URLs from the environment ignored, a free
@@ -8,10 +11,8 @@ port) and removes it afterwards. The steps are in ``demo_steps``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from mcprouter.client import RouterClient, RouterError, TlsConfig
-from mcprouter.server.demo_steps import Demo, Printer
+from mcprouter.demo.steps import Demo, Printer
 
 EMBEDDED_START_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 30.0
@@ -73,7 +74,7 @@ async def embedded_server() -> AsyncIterator[str]:
     ``finally`` stops the gRPC server, then ``open_app`` closes the stores).
     """
     from mcprouter.server.config import Settings
-    from mcprouter.server.server import serve
+    from mcprouter.server.edge.server import serve
 
     with tempfile.TemporaryDirectory(prefix="mcp-router-demo-") as folder:
         settings = Settings(
@@ -116,27 +117,6 @@ async def embedded_server() -> AsyncIterator[str]:
                 loop.remove_signal_handler(sig)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the demo's options to a (sub)parser."""
-    parser.add_argument(
-        "--target",
-        default=None,
-        metavar="HOST:PORT",
-        help="a running server; omitted: start the embedded default in this process",
-    )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("MCPROUTER_TOKEN"),
-        help="bearer token for a server with AUTH_TOKENS [default: $MCPROUTER_TOKEN]",
-    )
-    parser.add_argument(
-        "--tls-ca",
-        default=None,
-        metavar="PEM",
-        help="connect with TLS, verifying the server against this CA file",
-    )
-
-
 def main(target: str | None, *, token: str | None = None, tls_ca: str | None = None) -> int:
     """Run the demo; 0 on success, 1 with the error on stderr when a call failed."""
     # pgserver asks platformdirs for a runtime dir, which warns without XDG_RUNTIME_DIR.
@@ -148,10 +128,3 @@ def main(target: str | None, *, token: str | None = None, tls_ca: str | None = N
         print(f"mcp-router demo: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(prog="python -m mcprouter.server.demo")
-    add_arguments(parser)
-    args = parser.parse_args()
-    sys.exit(main(args.target, token=args.token, tls_ca=args.tls_ca))

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from mcprouter.server.errors import RouterError
-from mcprouter.server.grpc_errors import to_rpc_status
+from mcprouter.server.edge.status import to_rpc_status
+from mcprouter.server.errors import RouterError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,6 @@ _SCHEME = b"bearer "
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-class Unauthenticated(RouterError):
-    """The call carries no valid credentials."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-    default_reason = "UNAUTHENTICATED"
 
 
 def method_matches(method: str, patterns: Sequence[str]) -> bool:

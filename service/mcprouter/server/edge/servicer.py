@@ -11,10 +11,10 @@ from typing import Any
 
 import grpc
 
-from mcprouter.server import request_validation as checks
+from mcprouter.server.edge import request_validation as checks
+from mcprouter.server.edge.responses import get_cached_response, route_response, stats_response
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.redis.processor import RedisFigures, RedisProcessor
-from mcprouter.server.responses import get_cached_response, route_response, stats_response
 from mcprouter.server.router import Router
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
