@@ -58,6 +58,7 @@ def router_server(name: str, port: int, env: dict[str, str], tmp: Path) -> Serve
         "LOG_LEVEL": "WARNING",
         "MIGRATE_ON_START": "true",
         "SHUTDOWN_GRACE_S": "1",
+        "DRAIN_DELAY_S": "0",
         **env,
     }
     argv = [str(REPO / ".venv/bin/mcp-router"), "serve"]

@@ -170,6 +170,7 @@ def running_server(
         "KEY_NAMESPACE": namespace,
         "HEALTH_PROBE_INTERVAL_S": "0.2",
         "SHUTDOWN_GRACE_S": "5",
+        "DRAIN_DELAY_S": "0",  # tests of the drain set their own
         "DATA_DIR": str(folder / "data"),
         "LOG_LEVEL": "INFO",
     }

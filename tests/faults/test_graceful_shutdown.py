@@ -1,8 +1,9 @@
 """SIGTERM under event-ingestion load.
 
-Health turns NOT_SERVING before anything is refused, calls in flight finish,
-every event acknowledged STORED is in ClickHouse once the process is gone,
-and the process exits within its grace period.
+Health turns NOT_SERVING first and the server keeps serving through the
+drain delay (no call fails during it), calls in flight finish, every event
+acknowledged STORED is in ClickHouse once the process is gone, and the
+process exits within its drain delay plus grace period.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.faults.harness import Tally, experiment_request, table, timed
 pytestmark = pytest.mark.e2e
 
 GRACE_S = 5.0
+DRAIN_S = 1.0
 WORKERS = 8
 EVENTS_PER_CALL = 5
 LOAD_BEFORE_SIGTERM_S = 1.5
@@ -69,7 +71,7 @@ def stored_event_ids(clickhouse_path: Path, experiment_id: str) -> list[str]:
 
 
 async def test_sigterm_under_load_drains_and_keeps_acknowledged_events(launch: Launch) -> None:
-    with launch(SHUTDOWN_GRACE_S=GRACE_S, INGEST_MAX_DELAY_MS=100) as server:
+    with launch(SHUTDOWN_GRACE_S=GRACE_S, INGEST_MAX_DELAY_MS=100, DRAIN_DELAY_S=DRAIN_S) as server:
         async with grpc.aio.insecure_channel(server.target) as channel:
             stub = rs_grpc.RouterServiceStub(channel)
             experiment_id = f"gs-{uuid.uuid4().hex[:6]}"
@@ -132,7 +134,7 @@ async def test_sigterm_under_load_drains_and_keeps_acknowledged_events(launch: L
             await asyncio.sleep(LOAD_BEFORE_SIGTERM_S)
             sigterm_at = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
-            code = await asyncio.to_thread(server.process.wait, GRACE_S + 15)
+            code = await asyncio.to_thread(server.process.wait, DRAIN_S + GRACE_S + 15)
             exited_at = time.monotonic()
             stop_load = True
             await load
@@ -146,7 +148,8 @@ async def test_sigterm_under_load_drains_and_keeps_acknowledged_events(launch: L
     bad_before = [c for c in before if c != "OK"]
     lost = acknowledged - stored
     rows: list[tuple[str, object]] = [
-        ("settings", f"SHUTDOWN_GRACE_S={GRACE_S:.0f} INGEST_MAX_DELAY_MS=100, {WORKERS} "
+        ("settings", f"DRAIN_DELAY_S={DRAIN_S:g} SHUTDOWN_GRACE_S={GRACE_S:.0f} "
+         f"INGEST_MAX_DELAY_MS=100, {WORKERS} "
          f"workers x {EVENTS_PER_CALL} events/call, SIGTERM after {LOAD_BEFORE_SIGTERM_S} s"),
         ("requests", tally.requests),
         ("codes", dict(sorted(tally.codes.items()))),
@@ -168,13 +171,18 @@ async def test_sigterm_under_load_drains_and_keeps_acknowledged_events(launch: L
     assert not_serving_at is not None
     if first_refusal is not None:
         assert not_serving_at <= first_refusal
+    # The drain: nothing that started before NOT_SERVING was seen failed, and
+    # calls kept being served after it (load balancers have time to move).
+    started_before_drain = [c for start, _, c in calls if start < not_serving_at]
+    assert set(started_before_drain) == {"OK"}, started_before_drain
+    assert any(c == "OK" for start, _, c in calls if start > not_serving_at)
     assert not bad_before, bad_before
     # Calls that race the shutdown are refused (UNAVAILABLE) or, when the
     # transport had taken them but no handler had, CANCELLED; none is lost.
     assert set(tally.codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, tally.codes
     assert acknowledged and not lost, sorted(lost)[:10]
     assert stored <= sent
-    assert exited_at - sigterm_at < GRACE_S + TEARDOWN_ALLOWANCE_S
+    assert exited_at - sigterm_at < DRAIN_S + GRACE_S + TEARDOWN_ALLOWANCE_S
 
 
 async def test_an_open_health_watch_does_not_hold_shutdown(launch: Launch) -> None:

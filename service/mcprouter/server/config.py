@@ -171,8 +171,18 @@ class Settings(BaseSettings):
     health_probe_interval_s: float = Field(
         2.0, gt=0, le=300, description="Seconds between backend health probes."
     )
+    drain_delay_s: float = Field(
+        2.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, seconds the server keeps serving after health turned "
+        "NOT_SERVING, so load balancers stop sending before it stops accepting.",
+    )
     shutdown_grace_s: float = Field(
-        10.0, ge=0, le=600, description="Seconds in-flight RPCs get to finish on SIGTERM."
+        10.0,
+        ge=0,
+        le=600,
+        description="After the drain delay, seconds in-flight RPCs get to finish.",
     )
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request or response message accepted."

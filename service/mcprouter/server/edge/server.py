@@ -92,9 +92,11 @@ def build_server(
 async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully.
 
-    Shutdown order: health turns NOT_SERVING (load balancers stop sending),
-    the server stops accepting and gives in-flight RPCs ``shutdown_grace_s``,
-    then pools and embedded servers close (``open_app``'s exit).
+    Shutdown order: health turns NOT_SERVING, and the server keeps serving
+    for ``drain_delay_s`` so load balancers and health-checking clients move
+    away before anything is refused; then it stops accepting and gives
+    in-flight RPCs ``shutdown_grace_s``; then pools, pending follow-ups and
+    embedded servers close (``open_app``'s exit).
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -131,7 +133,14 @@ async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = 
             if on_ready is not None:
                 on_ready(port)
             await stop.wait()
-            log.info("shutdown requested; draining for up to %.1fs", settings.shutdown_grace_s)
+            await monitor.shutdown()
+            log.info(
+                "shutdown requested: NOT_SERVING, still serving for %.1fs, then up to %.1fs "
+                "for calls in flight",
+                settings.drain_delay_s,
+                settings.shutdown_grace_s,
+            )
+            await asyncio.sleep(settings.drain_delay_s)
         finally:
             await monitor.shutdown()
             await server.stop(settings.shutdown_grace_s)
