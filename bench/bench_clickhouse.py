@@ -53,8 +53,8 @@ from mcprouter.server.clickhouse.store import (
     ClickHouseStore,
     open_clickhouse,
 )
-from mcprouter.server.edge.request_validation import validate_route_data
 from mcprouter.server.keys import KeySpace
+from mcprouter.server.operations import validated as validate_route_data
 from mcprouter.server.redis.connection import create_redis
 from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.stats import CacheStats

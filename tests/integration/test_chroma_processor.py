@@ -24,8 +24,8 @@ from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
 from mcprouter.server.chroma.processor import ChromaProcessor
 from mcprouter.server.chroma.search_keys import generation_key
 from mcprouter.server.chroma.store import ChromaStore, open_chroma
-from mcprouter.server.edge.request_validation import validate_route_data
 from mcprouter.server.keys import KeySpace
+from mcprouter.server.operations import validated as validate_route_data
 from mcprouter.server.redis.connection import create_redis
 from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.stats import CacheStats
@@ -321,35 +321,36 @@ async def test_dimension_mismatch_is_invalid_argument(rig: Rig) -> None:
 
 
 async def test_duplicate_ids_are_invalid_argument(rig: Rig) -> None:
+    # Checked once, at the edge: the processor trusts a validated request.
     batch = [search.EmbeddingItem(id="same", embedding=[1.0] * DIM) for _ in range(2)]
     with pytest.raises(errors.InvalidArgument) as exc:
-        await rig.processor.upsert_embeddings(
-            rs.UpsertEmbeddingsOperation(collection=collection_name(), items=batch)
+        validate_route_data(
+            rs.RouteDataRequest(
+                upsert_embeddings=rs.UpsertEmbeddingsOperation(
+                    collection=collection_name(), items=batch
+                )
+            )
         )
     assert fields(exc) == ["upsert_embeddings.items[1].id"]
 
 
 @pytest.mark.parametrize("name", ["ab", "-abc", "abc_", "a..b", "192.168.0.1", "has space", ""])
 async def test_bad_collection_names_are_invalid_argument(rig: Rig, name: str) -> None:
+    # Chroma's collection name rules are enforced at the edge, before any store call.
     with pytest.raises(errors.InvalidArgument) as exc:
-        await rig.processor.semantic_search(query(name, [1.0] * DIM, k=1))
+        validate_route_data(rs.RouteDataRequest(semantic_search=query(name, [1.0] * DIM, k=1)))
     assert fields(exc) == ["semantic_search.collection"]
+    upsert = rs.UpsertEmbeddingsOperation(
+        collection=name, items=[search.EmbeddingItem(id="a", embedding=[1.0] * DIM)]
+    )
     with pytest.raises(errors.InvalidArgument) as exc:
-        await rig.processor.upsert_embeddings(
-            rs.UpsertEmbeddingsOperation(
-                collection=name, items=[search.EmbeddingItem(id="a", embedding=[1.0] * DIM)]
-            )
-        )
+        validate_route_data(rs.RouteDataRequest(upsert_embeddings=upsert))
     assert fields(exc) == ["upsert_embeddings.collection"]
-    assert rig.store.queries == 0
 
 
 @pytest.mark.parametrize("k", [0, 101, 10_000])
 async def test_k_out_of_range_is_invalid_argument(rig: Rig, k: int) -> None:
     op = query(collection_name(), [1.0] * DIM, k=k)
-    with pytest.raises(errors.InvalidArgument) as exc:
-        await rig.processor.semantic_search(op)
-    assert fields(exc) == ["semantic_search.k"]
     with pytest.raises(errors.InvalidArgument) as exc:
         validate_route_data(rs.RouteDataRequest(semantic_search=op))
     assert fields(exc) == ["semantic_search.k"]
@@ -363,16 +364,12 @@ async def test_non_finite_vectors_are_invalid_argument(rig: Rig, bad: float) -> 
     with pytest.raises(errors.InvalidArgument) as exc:
         validate_route_data(rs.RouteDataRequest(semantic_search=op))
     assert fields(exc) == ["semantic_search.embedding[3]"]
-    with pytest.raises(errors.InvalidArgument) as exc:
-        await rig.processor.semantic_search(op)
-    assert fields(exc) == ["semantic_search.embedding"]
     upsert_op = rs.UpsertEmbeddingsOperation(
         collection=collection_name(), items=[search.EmbeddingItem(id="x", embedding=vector)]
     )
     with pytest.raises(errors.InvalidArgument) as exc:
-        await rig.processor.upsert_embeddings(upsert_op)
-    assert fields(exc) == ["upsert_embeddings.items[0].embedding"]
-    assert rig.store.queries == 0
+        validate_route_data(rs.RouteDataRequest(upsert_embeddings=upsert_op))
+    assert fields(exc) == ["upsert_embeddings.items[0].embedding[3]"]
 
 
 def condition(

@@ -28,8 +28,8 @@ from mcprouter.server.clickhouse.processor import (
 )
 from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
 from mcprouter.server.clickhouse.store import ClickHouseStore, open_clickhouse
-from mcprouter.server.edge.request_validation import validate_route_data
 from mcprouter.server.keys import KeySpace
+from mcprouter.server.operations import validated as validate_route_data
 from mcprouter.server.redis.connection import create_redis
 from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.stats import CacheStats
@@ -163,7 +163,6 @@ def event(
 
 async def track(rig: Rig, events: Sequence[Event]) -> TrackEventsResult:
     result = await rig.processor.track_events(rs.TrackEventsOperation(events=events))
-    assert result.result_field == "track_events_result"
     assert isinstance(result.value, TrackEventsResult)
     return result.value
 

@@ -36,6 +36,7 @@ from mcprouter.server.config import Settings
 from mcprouter.server.edge.security import SecurityConfig, add_port, parse_tokens
 from mcprouter.server.edge.server import build_server
 from mcprouter.server.errors import CacheUnavailable
+from mcprouter.server.operations import GET_EXPERIMENT
 from mcprouter.server.router import Router, RouteResult
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
@@ -182,7 +183,6 @@ class Gate:
         await self.opened.wait()
         return RouteResult(
             status=ServeStatus.SERVE_STATUS_FRESH,
-            result_field="experiment",
             value=Experiment(experiment_id=op.experiment_id),
             cache_key=f"experiment:{op.experiment_id}",
         )
@@ -214,7 +214,7 @@ async def start_server() -> AsyncIterator[ServerFactory]:
         gate = Gate()
         app = SimpleNamespace(
             settings=Settings(_env_file=None),  # type: ignore[call-arg]
-            router=Router({"get_experiment": gate.handler}),
+            router=Router({GET_EXPERIMENT: gate.handler}),
             cache_ops=NoRedis(),
             stats=CacheStats(),
         )

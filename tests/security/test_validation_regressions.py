@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mcprouter.server.edge.request_validation import validate_route_data
 from mcprouter.server.errors import InvalidArgument
+from mcprouter.server.operations import validated as validate_route_data
 from mcprouter.v1 import router_service_pb2 as rs
 
 

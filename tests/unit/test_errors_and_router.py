@@ -6,6 +6,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from mcprouter.server import operations as ops
 from mcprouter.server.edge.status import to_rpc_status
 from mcprouter.server.errors import FieldViolation, InvalidArgument, NotFound, Unimplemented
 from mcprouter.server.router import Router, RouteResult
@@ -49,14 +50,29 @@ def test_invalid_argument_needs_violations() -> None:
 async def test_router_dispatches_and_names_missing_processors() -> None:
     async def get_experiment(op: rs.GetExperimentOperation) -> RouteResult:
         return RouteResult(
-            ServeStatus.SERVE_STATUS_FRESH, "experiment", Experiment(experiment_id=op.experiment_id)
+            ServeStatus.SERVE_STATUS_FRESH, Experiment(experiment_id=op.experiment_id)
         )
 
-    router = Router({"get_experiment": get_experiment})
-    result = await router.route("get_experiment", rs.GetExperimentOperation(experiment_id="e"))
+    router = Router({ops.GET_EXPERIMENT: get_experiment})
+    result = await router.route(ops.GET_EXPERIMENT, rs.GetExperimentOperation(experiment_id="e"))
     assert result.value == Experiment(experiment_id="e")
     with pytest.raises(Unimplemented, match="clickhouse processor") as caught:
-        await router.route("get_analytics", rs.GetAnalyticsOperation())
+        await router.route(ops.GET_ANALYTICS, rs.GetAnalyticsOperation())
     assert caught.value.metadata == {"operation": "get_analytics", "processor": "clickhouse"}
-    with pytest.raises(ValueError, match="unknown operations"):
-        Router({"drop_tables": get_experiment})
+    with pytest.raises(ValueError, match="served twice"):
+        Router({ops.GET_EXPERIMENT: get_experiment}, {ops.GET_EXPERIMENT: get_experiment})
+
+
+def test_the_operation_table_matches_the_contract() -> None:
+    oneof = rs.RouteDataRequest.DESCRIPTOR.oneofs_by_name["operation"]
+    results = rs.RouteDataResponse.DESCRIPTOR.oneofs_by_name["result"]
+    assert [f.name for f in oneof.fields] == sorted(
+        (op.name for op in ops.OPERATIONS), key=[f.name for f in oneof.fields].index
+    )
+    assert {op.name for op in ops.OPERATIONS} == {f.name for f in oneof.fields}
+    result_fields = {f.name for f in results.fields}
+    for op in ops.OPERATIONS:
+        field = rs.RouteDataRequest.DESCRIPTOR.fields_by_name[op.name]
+        assert field.message_type is op.request.DESCRIPTOR, op
+        assert op.result_field in result_fields, op
+        assert op.owner in ("postgres", "clickhouse", "chroma"), op

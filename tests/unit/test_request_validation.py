@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.protobuf import json_format
 
-from mcprouter.server.edge import request_validation as checks
+from mcprouter.server import request_checks as checks
 from mcprouter.server.errors import InvalidArgument
+from mcprouter.server.operations import validated
 from mcprouter.v1 import router_service_pb2 as rs
 
 NOW = datetime(2026, 11, 25, 12, 30, tzinfo=UTC)
@@ -17,7 +18,7 @@ NOW = datetime(2026, 11, 25, 12, 30, tzinfo=UTC)
 
 def violations(request: rs.RouteDataRequest) -> dict[str, str]:
     with pytest.raises(InvalidArgument) as caught:
-        checks.validate_route_data(request, now=NOW)
+        validated(request, now=NOW)
     return {v.field: v.description for v in caught.value.violations}
 
 
@@ -45,7 +46,7 @@ def test_valid_reads_pass_and_return_their_case() -> None:
         "semantic_search": {"semantic_search": {"collection": "docs", "embedding": [0.1], "k": 3}},
     }
     for case, body in cases.items():
-        assert checks.validate_route_data(request(body), now=NOW) == case
+        assert validated(request(body), now=NOW).name == case
 
 
 def test_bad_ids_are_named_by_path() -> None:
@@ -177,3 +178,13 @@ def test_get_cached_and_invalidate_validation() -> None:
     ):
         with pytest.raises(InvalidArgument):
             checks.validate_invalidate(bad)
+
+
+def test_nul_characters_are_refused_where_postgresql_would_fail() -> None:
+    profile = rs.UpsertUserProfileOperation()
+    profile.profile.user_id = "u1"
+    profile.profile.attributes["\x00"] = ""
+    profile.profile.attributes["plan"] = "a\x00b"
+    found = violations(rs.RouteDataRequest(upsert_user_profile=profile))
+    assert any("NUL" in d for d in found.values()), found
+    assert len(found) == 2

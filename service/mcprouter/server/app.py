@@ -41,7 +41,7 @@ from mcprouter.server.postgres.processor import PostgresPolicies, PostgresProces
 from mcprouter.server.postgres.store import PostgresStore
 from mcprouter.server.redis.connection import create_redis
 from mcprouter.server.redis.processor import RedisProcessor
-from mcprouter.server.router import Handler, Router
+from mcprouter.server.router import Router
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1.serve_status_pb2 import DataType
 
@@ -236,11 +236,6 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             cache_policy(settings, DataType.DATA_TYPE_SEARCH, settings.ttl_search_s),
         )
         stack.push_async_callback(chroma_processor.aclose)
-        handlers: dict[str, Handler] = {
-            **postgres_processor.handlers(),
-            **clickhouse_processor.handlers(),
-            **chroma_processor.handlers(),
-        }
 
         async def postgres_probe() -> None:
             await postgres.fetchval("SELECT 1")
@@ -255,7 +250,11 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             keyspace=keyspace,
             cache=cache,
             cache_ops=cache_ops,
-            router=Router(handlers),
+            router=Router(
+                postgres_processor.handlers(),
+                clickhouse_processor.handlers(),
+                chroma_processor.handlers(),
+            ),
             probes={
                 "redis": cache_ops.ping,
                 "postgres": postgres_probe,

@@ -64,6 +64,8 @@ def check_user_profile(v: Violations, profile: UserProfile, field: str) -> None:
         path = f"{field}.attributes[{key[:32]!r}]"
         if not 1 <= len(key) <= MAX_ATTRIBUTE_KEY_LENGTH:
             v.add(path, f"keys must be 1..{MAX_ATTRIBUTE_KEY_LENGTH} characters")
+        elif "\x00" in key:
+            v.add(path, "keys must not contain NUL (U+0000) characters")
         v.text(path, value, MAX_ATTRIBUTE_VALUE_LENGTH)
     if profile.version < 0:
         v.add(f"{field}.version", "must be 0 (create) or the version last read")

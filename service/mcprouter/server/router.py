@@ -1,6 +1,6 @@
-"""The Router: picks the processor that owns an operation's data.
+"""The Router: hands a validated operation to the processor that owns its data.
 
-Processors register one handler per ``RouteDataRequest.operation`` case. An
+Processors register one handler per ``Operation`` (``operations.py``). An
 operation whose processor is not part of this server answers UNIMPLEMENTED
 with a message naming the missing processor, so a client can tell "not
 built/configured here" from "bad input".
@@ -16,59 +16,50 @@ from typing import Any
 from google.protobuf.message import Message
 
 from mcprouter.server.errors import Unimplemented
+from mcprouter.server.operations import Operation
 from mcprouter.v1.serve_status_pb2 import ServeStatus
 
 
 @dataclass(frozen=True, slots=True)
 class RouteResult:
-    """A processor's answer, before it becomes a ``RouteDataResponse``."""
+    """A processor's answer, before it becomes a ``RouteDataResponse``.
+
+    The response field it goes in is the operation's ``result_field``.
+    """
 
     status: ServeStatus.ValueType
-    result_field: str  # name of the field in RouteDataResponse.result
     value: Message
     cache_key: str = ""
     stored_at: datetime | None = None
 
 
 Handler = Callable[[Any], Awaitable[RouteResult]]
-
-# Which processor owns each operation; used to explain UNIMPLEMENTED.
-OWNERS: dict[str, str] = {
-    "get_experiment": "postgres",
-    "get_assignment": "postgres",
-    "get_user_profile": "postgres",
-    "upsert_experiment": "postgres",
-    "upsert_user_profile": "postgres",
-    "get_event_metrics": "clickhouse",
-    "get_analytics": "clickhouse",
-    "track_events": "clickhouse",
-    "semantic_search": "chroma",
-    "upsert_embeddings": "chroma",
-}
+Handlers = Mapping[Operation, Handler]
 
 
 class Router:
     """Dispatches a validated operation to its handler."""
 
-    def __init__(self, handlers: Mapping[str, Handler]) -> None:
-        unknown = set(handlers) - set(OWNERS)
-        if unknown:
-            raise ValueError(f"handlers for unknown operations: {sorted(unknown)}")
-        self._handlers = dict(handlers)
+    def __init__(self, *handler_maps: Handlers) -> None:
+        handlers: dict[Operation, Handler] = {}
+        for mapping in handler_maps:
+            if twice := handlers.keys() & mapping.keys():
+                raise ValueError(f"operations served twice: {sorted(o.name for o in twice)}")
+            handlers.update(mapping)
+        self._handlers = handlers
 
     @property
     def operations(self) -> frozenset[str]:
-        """The operations this router can serve."""
-        return frozenset(self._handlers)
+        """Names of the operations this router can serve."""
+        return frozenset(op.name for op in self._handlers)
 
-    async def route(self, operation: str, message: Message) -> RouteResult:
-        """Run ``operation`` (a oneof case name) with its message."""
+    async def route(self, operation: Operation, message: Message) -> RouteResult:
+        """Run ``operation`` with its message."""
         handler = self._handlers.get(operation)
         if handler is None:
-            owner = OWNERS[operation]
             raise Unimplemented(
-                f"{operation} is served by the {owner} processor, which is not available "
-                "in this server yet",
-                metadata={"operation": operation, "processor": owner},
+                f"{operation.name} is served by the {operation.owner} processor, which is not "
+                "available in this server",
+                metadata={"operation": operation.name, "processor": operation.owner},
             )
         return await handler(message)

@@ -62,9 +62,11 @@ class Violations:
             self.add(field, "must be a finite number")
 
     def text(self, field: str, value: str, max_length: int) -> None:
-        """Bound free text."""
+        """Bound free text; refuse NUL, which PostgreSQL text and jsonb cannot hold."""
         if len(value) > max_length:
             self.add(field, f"must be at most {max_length} characters, got {len(value)}")
+        elif "\x00" in value:
+            self.add(field, "must not contain NUL (U+0000) characters")
 
     def __bool__(self) -> bool:
         return bool(self._items)

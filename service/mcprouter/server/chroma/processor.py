@@ -39,23 +39,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from mcprouter.server import operations as ops
 from mcprouter.server.cache import CacheAside, CachePolicy
 from mcprouter.server.cache.guard import Down
-from mcprouter.server.chroma.filters import Where, check_collection, to_where
+from mcprouter.server.chroma.filters import Where, to_where
 from mcprouter.server.chroma.search_keys import generation_key, parse_generation, search_cache_key
 from mcprouter.server.errors import FieldViolation, InvalidArgument, NotFound
 from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.limits import MAX_DIMENSION, MAX_ITEMS_PER_CALL, MAX_K
-from mcprouter.server.router import Handler, RouteResult
-from mcprouter.server.validation import Violations
+from mcprouter.server.router import Handlers, RouteResult
 from mcprouter.server.writes import Writes
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import search_pb2 as search
@@ -111,16 +109,19 @@ class ChromaProcessor:
         self._bumped: dict[str, int] = {}  # the generation each collection's last INCR made
         self._writes = Writes()
 
-    def handlers(self) -> dict[str, Handler]:
+    def handlers(self) -> Handlers:
         """The RouteData operations this processor serves."""
         return {
-            "semantic_search": self.semantic_search,
-            "upsert_embeddings": self.upsert_embeddings,
+            ops.SEMANTIC_SEARCH: self.semantic_search,
+            ops.UPSERT_EMBEDDINGS: self.upsert_embeddings,
         }
 
     async def semantic_search(self, op: rs.SemanticSearchOperation) -> RouteResult:
         """Nearest neighbours of a vector, through the cache."""
-        where = _check_search(op)
+        # The request was checked at the edge (operations.py); only the
+        # translation into Chroma's filter document is left, with Chroma's
+        # own type rules.
+        where = to_where(op.filter if op.HasField("filter") else None, "semantic_search.filter")
         collection = op.collection
         flt = op.filter if op.HasField("filter") else None
 
@@ -146,7 +147,6 @@ class ChromaProcessor:
             ) from exc
         return RouteResult(
             status=served.status,
-            result_field="search_result",
             value=served.value,
             cache_key=served.key if generation is not None else "",
             stored_at=served.stored_at,
@@ -154,7 +154,6 @@ class ChromaProcessor:
 
     async def upsert_embeddings(self, op: rs.UpsertEmbeddingsOperation) -> RouteResult:
         """Write vectors, then make the collection's cached searches unreachable."""
-        _check_upsert(op)
         collection = op.collection
 
         async def commit() -> int:
@@ -183,7 +182,6 @@ class ChromaProcessor:
         upserted = await self._writes.run(commit, follow_up)
         return RouteResult(
             status=ServeStatus.SERVE_STATUS_STORED,
-            result_field="upsert_embeddings_result",
             value=search.UpsertEmbeddingsResult(
                 collection=collection, upserted=upserted, generation=generation
             ),
@@ -228,48 +226,8 @@ def _prefixed(operation: str) -> Iterator[None]:
         ) from exc
 
 
-def _all_finite(values: Sequence[float]) -> bool:
-    # One C-level sum instead of a Python loop: any NaN or inf makes the sum
-    # non-finite, and finite float32 values (< 3.5e38) cannot overflow a
-    # double sum of at most 4096 of them.
-    return math.isfinite(sum(values))
-
-
-def _check_search(op: rs.SemanticSearchOperation) -> Where | None:
-    """Chroma's rules plus the bounds the edge also checks (the store must never see less)."""
-    v = Violations()
-    check_collection(v, "semantic_search.collection", op.collection)
-    if not 1 <= len(op.embedding) <= MAX_DIMENSION:
-        v.add("semantic_search.embedding", f"must hold 1..{MAX_DIMENSION} elements")
-    elif not _all_finite(op.embedding):
-        v.add("semantic_search.embedding", "must hold finite numbers only")
-    if not 1 <= op.k <= MAX_K:
-        v.add("semantic_search.k", f"must be 1..{MAX_K}, got {op.k}")
-    v.raise_if_any()
-    return to_where(op.filter if op.HasField("filter") else None, "semantic_search.filter")
-
-
-def _check_upsert(op: rs.UpsertEmbeddingsOperation) -> None:
-    v = Violations()
-    check_collection(v, "upsert_embeddings.collection", op.collection)
-    v.count("upsert_embeddings.items", len(op.items), 1, MAX_ITEMS_PER_CALL)
-    dimension = len(op.items[0].embedding) if op.items else 0
-    first_index: dict[str, int] = {}
-    for i, item in enumerate(op.items[:MAX_ITEMS_PER_CALL]):
-        at = f"upsert_embeddings.items[{i}]"
-        if (seen := first_index.setdefault(item.id, i)) != i:
-            v.add(f"{at}.id", f"duplicates items[{seen}].id {item.id!r}")
-        if not 1 <= len(item.embedding) <= MAX_DIMENSION:
-            v.add(f"{at}.embedding", f"must hold 1..{MAX_DIMENSION} elements")
-        elif len(item.embedding) != dimension:
-            v.add(f"{at}.embedding", f"has dimension {len(item.embedding)}, items[0] {dimension}")
-        elif not _all_finite(item.embedding):
-            v.add(f"{at}.embedding", "must hold finite numbers only")
-    v.raise_if_any()
-
-
 def _check_dimension(op: rs.UpsertEmbeddingsOperation, expected: int) -> None:
-    # Items share one dimension (checked above), so the first mismatch is items[0];
+    # Items share one dimension (checked at the edge), so the first mismatch is items[0];
     # naming each of up to 1000 identical mistakes would only bloat the error.
     for i, item in enumerate(op.items):
         if len(item.embedding) != expected:

@@ -56,6 +56,7 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio as aioredis
 
 from mcprouter.server import keys
+from mcprouter.server import operations as ops
 from mcprouter.server.cache import CacheAside, CachePolicy
 from mcprouter.server.cache.guard import REDIS_ERRORS
 from mcprouter.server.clickhouse.analytics_report import build_analytics
@@ -70,7 +71,7 @@ from mcprouter.server.errors import (
 )
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.redis.processor import RedisProcessor
-from mcprouter.server.router import Handler, RouteResult
+from mcprouter.server.router import Handlers, RouteResult
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.events_pb2 import (
@@ -175,12 +176,12 @@ class ClickHouseProcessor:
             ingestion_lag_s=ingestion_lag_s,
         )
 
-    def handlers(self) -> dict[str, Handler]:
+    def handlers(self) -> Handlers:
         """The RouteData operations this processor serves."""
         return {
-            "track_events": self.track_events,
-            "get_event_metrics": self.get_event_metrics,
-            "get_analytics": self.get_analytics,
+            ops.TRACK_EVENTS: self.track_events,
+            ops.GET_EVENT_METRICS: self.get_event_metrics,
+            ops.GET_ANALYTICS: self.get_analytics,
         }
 
     def _now(self) -> datetime:
@@ -202,7 +203,6 @@ class ClickHouseProcessor:
         result.duplicates = len(events) - result.stored
         return RouteResult(
             status=STORED if result.stored else DUPLICATE,
-            result_field="track_events_result",
             value=result,
             stored_at=self._now(),
         )
@@ -245,9 +245,7 @@ class ClickHouseProcessor:
         hour_end = hour + timedelta(hours=1)
         if now < hour_end + self._lag:
             metrics = await self._open_hour(op, hour)
-            return RouteResult(
-                ServeStatus.SERVE_STATUS_FRESH, "event_metrics", metrics, key, stored_at=now
-            )
+            return RouteResult(ServeStatus.SERVE_STATUS_FRESH, metrics, key, stored_at=now)
 
         async def load() -> EventMetrics:
             metrics = await self._store.hour_metrics(op.experiment_id, op.variant, op.metric, hour)
@@ -257,7 +255,7 @@ class ClickHouseProcessor:
         recent = now < hour_end + self._recent
         policy = self._policies.event_metrics if recent else self._policies.closed_hour
         served = await self._cache.get_or_load(key, EventMetrics, load, policy)
-        return RouteResult(served.status, "event_metrics", served.value, key, served.stored_at)
+        return RouteResult(served.status, served.value, key, served.stored_at)
 
     async def _open_hour(self, op: rs.GetEventMetricsOperation, hour: datetime) -> EventMetrics:
         try:
@@ -296,7 +294,7 @@ class ClickHouseProcessor:
             return build_analytics(op.experiment_id, day, variants, counts)
 
         served = await self._cache.get_or_load(key, Analytics, load, self._policies.analytics)
-        return RouteResult(served.status, "analytics", served.value, key, served.stored_at)
+        return RouteResult(served.status, served.value, key, served.stored_at)
 
     async def _require_experiment(self, experiment_id: str) -> Experiment:
         experiment = await self._experiments(experiment_id)

@@ -8,6 +8,7 @@ from google.protobuf.message import DecodeError, Message
 
 from mcprouter.server import keys
 from mcprouter.server.cache import envelope
+from mcprouter.server.operations import Operation
 from mcprouter.server.redis.processor import RawEntry, RedisFigures
 from mcprouter.server.router import RouteResult
 from mcprouter.server.stats import Outcome, StatsSnapshot
@@ -28,12 +29,12 @@ VALUE_TYPES: dict[DataType.ValueType, tuple[str, type[Message]]] = {
 }
 
 
-def route_response(result: RouteResult) -> rs.RouteDataResponse:
-    """The RouteData response of a processor's result."""
+def route_response(operation: Operation, result: RouteResult) -> rs.RouteDataResponse:
+    """The RouteData response of a processor's result for ``operation``."""
     response = rs.RouteDataResponse(status=result.status, cache_key=result.cache_key)
     if result.stored_at is not None:
         response.stored_at.FromDatetime(result.stored_at)
-    getattr(response, result.result_field).CopyFrom(result.value)
+    getattr(response, operation.result_field).CopyFrom(result.value)
     return response
 
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import grpc
 
-from mcprouter.server.edge import request_validation as checks
+from mcprouter.server import request_checks as checks
 from mcprouter.server.edge.responses import get_cached_response, route_response, stats_response
 from mcprouter.server.errors import CacheUnavailable
+from mcprouter.server.operations import validated
 from mcprouter.server.redis.processor import RedisFigures, RedisProcessor
 from mcprouter.server.router import Router
 from mcprouter.server.stats import CacheStats
@@ -36,9 +37,9 @@ class RouterServicer(rs_grpc.RouterServiceServicer):
     ) -> rs.RouteDataResponse:
         """Route one operation to the processor that owns its data."""
         self._stats.operation()
-        operation = checks.validate_route_data(request)
-        result = await self._router.route(operation, getattr(request, operation))
-        return route_response(result)
+        operation = validated(request)
+        result = await self._router.route(operation, getattr(request, operation.name))
+        return route_response(operation, result)
 
     async def GetCached(
         self, request: rs.GetCachedRequest, context: Context

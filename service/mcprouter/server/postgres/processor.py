@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mcprouter.server import keys
+from mcprouter.server import operations as ops
 from mcprouter.server.cache import CacheAside, CachePolicy, Served
 from mcprouter.server.errors import NotFound
 from mcprouter.server.postgres.store import PostgresStore
-from mcprouter.server.router import Handler, RouteResult
+from mcprouter.server.router import Handlers, RouteResult
 from mcprouter.server.writes import Writes
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Assignment, Experiment, UserProfile
@@ -56,14 +57,14 @@ class PostgresProcessor:
         self._policies = policies
         self._writes = Writes()
 
-    def handlers(self) -> dict[str, Handler]:
+    def handlers(self) -> Handlers:
         """The RouteData operations this processor serves."""
         return {
-            "get_experiment": self.get_experiment,
-            "get_assignment": self.get_assignment,
-            "get_user_profile": self.get_user_profile,
-            "upsert_experiment": self.upsert_experiment,
-            "upsert_user_profile": self.upsert_user_profile,
+            ops.GET_EXPERIMENT: self.get_experiment,
+            ops.GET_ASSIGNMENT: self.get_assignment,
+            ops.GET_USER_PROFILE: self.get_user_profile,
+            ops.UPSERT_EXPERIMENT: self.upsert_experiment,
+            ops.UPSERT_USER_PROFILE: self.upsert_user_profile,
         }
 
     async def get_experiment(self, op: rs.GetExperimentOperation) -> RouteResult:
@@ -74,7 +75,7 @@ class PostgresProcessor:
             lambda: self._store.get_experiment(op.experiment_id),
             self._policies.experiment,
         )
-        return _result("experiment", served)
+        return _result(served)
 
     async def get_assignment(self, op: rs.GetAssignmentOperation) -> RouteResult:
         """Read (or make, on first request) a user's sticky assignment."""
@@ -100,7 +101,7 @@ class PostgresProcessor:
             load_if_the_experiment_exists if policy.enabled else load,
             policy,
         )
-        return _result("assignment", served)
+        return _result(served)
 
     async def get_user_profile(self, op: rs.GetUserProfileOperation) -> RouteResult:
         """Read a user profile through the cache."""
@@ -110,7 +111,7 @@ class PostgresProcessor:
             lambda: self._store.get_user_profile(op.user_id),
             self._policies.user_profile,
         )
-        return _result("user_profile", served)
+        return _result(served)
 
     async def upsert_experiment(self, op: rs.UpsertExperimentOperation) -> RouteResult:
         """Write an experiment, then invalidate what was derived from it."""
@@ -122,7 +123,7 @@ class PostgresProcessor:
                 [key], [f"metrics:{exp_id}:*", f"analytics:{exp_id}:*"]
             ),
         )
-        return _stored("experiment", stored, key)
+        return _stored(stored, key)
 
     async def upsert_user_profile(self, op: rs.UpsertUserProfileOperation) -> RouteResult:
         """Write a user profile, then invalidate its cache entry."""
@@ -131,7 +132,7 @@ class PostgresProcessor:
             lambda: self._store.upsert_user_profile(op.profile),
             lambda: self._cache.after_write([key]),
         )
-        return _stored("user_profile", stored, key)
+        return _stored(stored, key)
 
     async def aclose(self) -> None:
         """Wait for writes still running (and their invalidations)."""
@@ -146,22 +147,18 @@ def _experiment_missing(experiment_id: str) -> NotFound:
     )
 
 
-def _result(
-    field: str, served: Served[Experiment] | Served[Assignment] | Served[UserProfile]
-) -> RouteResult:
+def _result(served: Served[Experiment] | Served[Assignment] | Served[UserProfile]) -> RouteResult:
     return RouteResult(
         status=served.status,
-        result_field=field,
         value=served.value,
         cache_key=served.key,
         stored_at=served.stored_at,
     )
 
 
-def _stored(field: str, value: Experiment | UserProfile, key: str) -> RouteResult:
+def _stored(value: Experiment | UserProfile, key: str) -> RouteResult:
     return RouteResult(
         status=ServeStatus.SERVE_STATUS_STORED,
-        result_field=field,
         value=value,
         cache_key=key,
         stored_at=datetime.now(UTC),

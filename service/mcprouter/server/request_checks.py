@@ -1,4 +1,8 @@
-"""Validation of every RPC's request, before anything reaches a key or a query.
+"""Checks of every RPC's request, run once at the edge before anything reaches a key or a query.
+
+The per-operation checks are listed in ``operations.py``'s table (one per
+``RouteDataRequest.operation`` case); ``GetCached`` and ``Invalidate`` are
+checked by the two functions at the end. Nothing here imports gRPC.
 
 Each check names the offending field by its path in the request (for example
 ``track_events.events[3].value``) so the ``google.rpc.BadRequest`` a client
@@ -9,15 +13,14 @@ listed in the README.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mcprouter.server import keys
+from mcprouter.server.chroma.filters import check_collection
 from mcprouter.server.entity_checks import check_experiment, check_user_profile
-from mcprouter.server.errors import InvalidArgument
 from mcprouter.server.limits import (
     EARLIEST_TIME,
     MAX_CLOCK_SKEW,
@@ -77,12 +80,14 @@ def _experiment_id(v: Violations, prefix: str, op: Any) -> None:
     v.identifier(f"{prefix}.experiment_id", op.experiment_id)
 
 
-def _get_assignment(v: Violations, op: rs.GetAssignmentOperation, now: datetime) -> None:
+def get_assignment(v: Violations, op: rs.GetAssignmentOperation, now: datetime) -> None:
+    """Check a ``get_assignment`` operation."""
     v.identifier("get_assignment.experiment_id", op.experiment_id)
     v.identifier("get_assignment.user_id", op.user_id)
 
 
-def _get_event_metrics(v: Violations, op: rs.GetEventMetricsOperation, now: datetime) -> None:
+def get_event_metrics(v: Violations, op: rs.GetEventMetricsOperation, now: datetime) -> None:
+    """Check a ``get_event_metrics`` operation."""
     p = "get_event_metrics"
     v.identifier(f"{p}.experiment_id", op.experiment_id)
     v.identifier(f"{p}.variant", op.variant)
@@ -92,7 +97,8 @@ def _get_event_metrics(v: Violations, op: rs.GetEventMetricsOperation, now: date
         v.add(f"{p}.hour", "must be truncated to the hour (UTC)")
 
 
-def _get_analytics(v: Violations, op: rs.GetAnalyticsOperation, now: datetime) -> None:
+def get_analytics(v: Violations, op: rs.GetAnalyticsOperation, now: datetime) -> None:
+    """Check a ``get_analytics`` operation."""
     v.identifier("get_analytics.experiment_id", op.experiment_id)
     day = _timestamp(v, "get_analytics.day", op.day, op.HasField("day"), now=now)
     if day is not None and (day.hour or day.minute or day.second or day.microsecond):
@@ -136,8 +142,9 @@ def _filter(v: Violations, field: str, flt: search.MetadataFilter) -> None:
             v.add(f"{at}.operator", "must be a known FILTER_OPERATOR_* value")
 
 
-def _semantic_search(v: Violations, op: rs.SemanticSearchOperation, now: datetime) -> None:
-    v.identifier("semantic_search.collection", op.collection)
+def semantic_search(v: Violations, op: rs.SemanticSearchOperation, now: datetime) -> None:
+    """Check a ``semantic_search`` operation."""
+    check_collection(v, "semantic_search.collection", op.collection)
     _vector(v, "semantic_search.embedding", op.embedding)
     if not 1 <= op.k <= MAX_K:
         v.add("semantic_search.k", f"must be 1..{MAX_K}, got {op.k}")
@@ -145,7 +152,8 @@ def _semantic_search(v: Violations, op: rs.SemanticSearchOperation, now: datetim
         _filter(v, "semantic_search.filter", op.filter)
 
 
-def _track_events(v: Violations, op: rs.TrackEventsOperation, now: datetime) -> None:
+def track_events(v: Violations, op: rs.TrackEventsOperation, now: datetime) -> None:
+    """Check a ``track_events`` operation."""
     v.count("track_events.events", len(op.events), 1, MAX_EVENTS_PER_CALL)
     for i, event in enumerate(op.events[:MAX_EVENTS_PER_CALL]):
         at = f"track_events.events[{i}]"
@@ -155,28 +163,34 @@ def _track_events(v: Violations, op: rs.TrackEventsOperation, now: datetime) -> 
         _timestamp(v, f"{at}.timestamp", event.timestamp, event.HasField("timestamp"), now=now)
 
 
-def _upsert_experiment(v: Violations, op: rs.UpsertExperimentOperation, now: datetime) -> None:
+def upsert_experiment(v: Violations, op: rs.UpsertExperimentOperation, now: datetime) -> None:
+    """Check a ``upsert_experiment`` operation."""
     if not op.HasField("experiment"):
         v.add("upsert_experiment.experiment", "is required")
     else:
         check_experiment(v, op.experiment, "upsert_experiment.experiment")
 
 
-def _upsert_user_profile(v: Violations, op: rs.UpsertUserProfileOperation, now: datetime) -> None:
+def upsert_user_profile(v: Violations, op: rs.UpsertUserProfileOperation, now: datetime) -> None:
+    """Check a ``upsert_user_profile`` operation."""
     if not op.HasField("profile"):
         v.add("upsert_user_profile.profile", "is required")
     else:
         check_user_profile(v, op.profile, "upsert_user_profile.profile")
 
 
-def _upsert_embeddings(v: Violations, op: rs.UpsertEmbeddingsOperation, now: datetime) -> None:
+def upsert_embeddings(v: Violations, op: rs.UpsertEmbeddingsOperation, now: datetime) -> None:
+    """Check a ``upsert_embeddings`` operation."""
     p = "upsert_embeddings"
-    v.identifier(f"{p}.collection", op.collection)
+    check_collection(v, f"{p}.collection", op.collection)
     v.count(f"{p}.items", len(op.items), 1, MAX_ITEMS_PER_CALL)
     dimension = len(op.items[0].embedding) if op.items else 0
+    first_index: dict[str, int] = {}
     for i, item in enumerate(op.items[:MAX_ITEMS_PER_CALL]):
         at = f"{p}.items[{i}]"
         v.identifier(f"{at}.id", item.id)
+        if (seen := first_index.setdefault(item.id, i)) != i:
+            v.add(f"{at}.id", f"duplicates items[{seen}].id {item.id!r}")
         _vector(v, f"{at}.embedding", item.embedding)
         if len(item.embedding) != dimension:
             v.add(f"{at}.embedding", f"has dimension {len(item.embedding)}, items[0] {dimension}")
@@ -188,31 +202,14 @@ def _upsert_embeddings(v: Violations, op: rs.UpsertEmbeddingsOperation, now: dat
             _metadata_value(v, f"{at}.metadata[{name!r}]", value)
 
 
-_CHECKS: dict[str, Callable[[Violations, Any, datetime], None]] = {
-    "get_experiment": lambda v, op, now: _experiment_id(v, "get_experiment", op),
-    "get_assignment": _get_assignment,
-    "get_user_profile": lambda v, op, now: v.identifier("get_user_profile.user_id", op.user_id),
-    "get_event_metrics": _get_event_metrics,
-    "get_analytics": _get_analytics,
-    "semantic_search": _semantic_search,
-    "track_events": _track_events,
-    "upsert_experiment": _upsert_experiment,
-    "upsert_user_profile": _upsert_user_profile,
-    "upsert_embeddings": _upsert_embeddings,
-}
+def get_experiment(v: Violations, op: rs.GetExperimentOperation, now: datetime) -> None:
+    """Check a ``get_experiment`` operation."""
+    _experiment_id(v, "get_experiment", op)
 
 
-def validate_route_data(request: rs.RouteDataRequest, *, now: datetime | None = None) -> str:
-    """Check a RouteData request; return its operation name (the oneof case)."""
-    case = request.WhichOneof("operation")
-    if case is None:
-        raise InvalidArgument.single(
-            "operation", "exactly one operation must be set (see RouteDataRequest.operation)"
-        )
-    violations = Violations()
-    _CHECKS[case](violations, getattr(request, case), now or datetime.now(UTC))
-    violations.raise_if_any()
-    return case
+def get_user_profile(v: Violations, op: rs.GetUserProfileOperation, now: datetime) -> None:
+    """Check a ``get_user_profile`` operation."""
+    v.identifier("get_user_profile.user_id", op.user_id)
 
 
 def validate_get_cached(request: rs.GetCachedRequest) -> None:
