@@ -30,6 +30,7 @@ from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, UserProfile, Variant
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 from tests import backends
+from tests.faults.harness import frozen, valkey_pid
 
 CACHED = ServeStatus.SERVE_STATUS_CACHED
 FRESH = ServeStatus.SERVE_STATUS_FRESH
@@ -317,21 +318,25 @@ async def test_write_survives_redis_down_and_invalidation_is_retried(
     rig = build_rig(private_redis, pool, "", CircuitBreaker())
     try:
         exp = await create(rig, experiment(uid("e")))
-        await get_experiment(rig, exp.experiment_id)  # cached
-        valkey.stop()
-        changed = experiment(exp.experiment_id, version=exp.version, name="after outage")
-        stored = await create(rig, changed)  # committed: STORED despite Redis
-        assert stored.name == "after outage"
-        valkey.restart()
-        # The restarted Redis is empty, so prove the retry ran by its effect on a key
-        # we plant: the background retry removes it.
+        await get_experiment(rig, exp.experiment_id)
+        await rig.cache.settle()
         key = f"experiment:{exp.experiment_id}"
-        await private_redis.set(key, b"old")
-        for _ in range(100):
-            if not await private_redis.exists(key):
+        assert await private_redis.exists(key)  # the old value is cached
+        changed = experiment(exp.experiment_id, version=exp.version, name="after outage")
+        with frozen(valkey_pid(valkey.url)):  # Redis stops answering, keeping its data
+            stored = await create(rig, changed)  # committed: STORED despite Redis
+            assert stored.name == "after outage"
+            assert rig.cache.awaiting_invalidation(key)
+            # Read-your-writes while the invalidation waits: straight from PostgreSQL.
+            assert (await get_experiment(rig, exp.experiment_id))[1].name == "after outage"
+        # Redis is back with the old value in it: the retried invalidation removes it.
+        for _ in range(200):
+            if not rig.cache.awaiting_invalidation(key):
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
+        assert not rig.cache.awaiting_invalidation(key)
         assert not await private_redis.exists(key)
+        assert (await get_experiment(rig, exp.experiment_id))[1].name == "after outage"
     finally:
         await rig.processor.aclose()
         await rig.cache.aclose()

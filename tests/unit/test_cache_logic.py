@@ -294,16 +294,20 @@ def test_envelope_decode_never_raises(raw: bytes) -> None:
 
 def test_encode_answer_uses_the_policy_ttls() -> None:
     policy = CachePolicy(EXPERIMENT, fresh_ttl=100.0, stale_ttl=50.0, jitter=0.5, negative_ttl=7)
-    blob, ttl_ms = encode_answer(policy, b"x", now=1000.0, load_duration=0.2, rng=FixedRandom(0.5))
+    blob, ttl_ms, until = encode_answer(
+        policy, b"x", now=1000.0, load_duration=0.2, rng=FixedRandom(0.5)
+    )
     entry = decode(blob, EXPERIMENT)
     assert entry is not None
-    assert entry.fresh_until == pytest.approx(1125.0)  # 100 * uniform(1, 1.5) at 0.5
+    assert entry.fresh_until == pytest.approx(1125.0) == until  # 100 * uniform(1, 1.5) at 0.5
     assert ttl_ms == 175_000
-    blob, ttl_ms = encode_answer(policy, None, now=1000.0, load_duration=0.2, rng=FixedRandom(0.5))
+    blob, ttl_ms, until = encode_answer(
+        policy, None, now=1000.0, load_duration=0.2, rng=FixedRandom(0.5)
+    )
     entry = decode(blob, EXPERIMENT)
     assert entry is not None
     assert entry.not_found
-    assert entry.fresh_until == pytest.approx(1007.0)
+    assert entry.fresh_until == pytest.approx(1007.0) == until
     assert ttl_ms == 7000
 
 

@@ -36,7 +36,7 @@ from mcprouter.server.cache.envelope import Entry, decode
 from mcprouter.server.cache.feed import PING_INTERVAL_S, InvalidationFeed
 from mcprouter.server.cache.guard import REDIS_ERRORS, Down, GuardedRedis
 from mcprouter.server.cache.invalidation import Remover
-from mcprouter.server.cache.loading import KeyLoader, Loaded
+from mcprouter.server.cache.loading import GET_OR_LEASE, KeyLoader, Loaded
 from mcprouter.server.cache.local import LocalCache
 from mcprouter.server.cache.policy import CachePolicy, xfetch_due
 from mcprouter.server.cache.served import Loader, M, Served, not_found, parse, utc
@@ -116,6 +116,7 @@ class CacheAside:
             is_current=self._flights.is_current,
         )
         self._remover = Remover(self._guard, keyspace, self._feed.channel, self._origin)
+        self._get_or_lease = redis.register_script(GET_OR_LEASE)
 
     def start(self) -> None:
         """Connect the invalidation feed, which turns the L1 on (if configured)."""
@@ -160,10 +161,23 @@ class CacheAside:
         local = self._local.get(key)
         if local is not None and (local.value is None or isinstance(local.value, message_type)):
             return self._served_locally(key, local.value, local.stored_at, dt)
+        running = self._flights.get(key)
+        if running is not None:
+            # A load of this key is under way here: share it (no Redis call).
+            self._stats.record(dt, Outcome.MISS)
+            return await self._join(key, running, message_type, policy)
         generation = self._local.generation
+        lease = self._loader.new_lease(key)
         rkey = self._keyspace.redis_key(key)
-        raw = await self._guard.call("GET", key, dt, lambda: self._redis.get(rkey))
-        entry = None if isinstance(raw, Down) else decode(raw, dt)
+        script, lease_ms = self._get_or_lease, policy.lease_ttl_ms
+        reply = await self._guard.call(
+            "GET",
+            key,
+            dt,
+            lambda: script(keys=[rkey, lease.key], args=[lease.token, lease_ms]),
+        )
+        raw, leased = (None, False) if isinstance(reply, Down) else (reply[0], bool(reply[1]))
+        entry = decode(raw, dt) if raw is not None else None
         if entry is not None and entry.is_fresh(self._clock()):
             if entry.not_found:
                 self._local.put(
@@ -190,19 +204,43 @@ class CacheAside:
             entry = None  # an undecodable payload is a miss
         self._stats.record(dt, Outcome.MISS)
         previous = entry if entry is not None and not entry.not_found else None
-        use_redis = not isinstance(raw, Down)
-        task = self._start_flight(
+        use_redis = not isinstance(reply, Down)
+
+        def admit(key: str, value: Message | None, stored_at: float, fresh_until: float) -> None:
+            self._local.put(
+                key, value, stored_at=stored_at, fresh_until=fresh_until, generation=generation
+            )
+
+        task, started = self._flights.start(
             key,
             lambda: self._loader.load(
-                key, message_type, loader, policy, previous, use_redis=use_redis
+                key,
+                message_type,
+                loader,
+                policy,
+                previous,
+                use_redis=use_redis,
+                lease=lease if leased else None,
+                admit=admit,
             ),
         )
+        if started:
+            self._keep(task)
+        elif leased:
+            # Another caller started a load while our read was on its way:
+            # hand our lease back and share that load.
+            self._loader.release_soon(key, dt, lease)
+        return await self._join(key, task, message_type, policy)
+
+    async def _join(
+        self, key: str, task: asyncio.Task[Loaded], message_type: type[M], policy: CachePolicy
+    ) -> Served[M]:
         # shield: a cancelled caller must not cancel the load others wait for.
         loaded = await asyncio.shield(task)
         if loaded.status == _STALE:
             # Per caller: every caller that joined a load which fell back to a
             # stale entry was served STALE, not only the first (a subset of MISS).
-            self._stats.record(dt, Outcome.STALE)
+            self._stats.record(policy.data_type, Outcome.STALE)
         return self._served(key, loaded, message_type, policy)
 
     async def invalidate(self, keys: Sequence[str] = (), patterns: Sequence[str] = ()) -> int:
@@ -309,12 +347,17 @@ class CacheAside:
         self._stats.record(dt, Outcome.LOCAL_HIT)
         return Served(value, _CACHED, key, utc(stored_at))
 
+    async def settle(self) -> None:
+        """Wait for the store-backs of loads done so far (tests, benchmarks, shutdown)."""
+        await self._loader.settle()
+
     async def aclose(self) -> None:
         """Cancel loads still running; give pending invalidations a last try; stop the feed."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._loader.aclose()
         await self._followups.aclose()
         await self._feed.aclose()
 

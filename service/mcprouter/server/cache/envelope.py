@@ -130,8 +130,8 @@ def encode_answer(
     now: float,
     load_duration: float,
     rng: random.Random,
-) -> tuple[bytes, int]:
-    """Envelope and Redis TTL (ms) of a fresh load answer under ``policy``.
+) -> tuple[bytes, int, float]:
+    """Envelope, Redis TTL (ms) and fresh-until time of a fresh load answer.
 
     A value is fresh for the jittered ``fresh_ttl`` and kept ``stale_ttl``
     longer; "not found" (``payload is None``) is kept only ``negative_ttl``.
@@ -148,4 +148,4 @@ def encode_answer(
         fresh_until=now + fresh,
         load_duration=load_duration,
     )
-    return blob, ttl_ms
+    return blob, ttl_ms, now + fresh

@@ -17,10 +17,11 @@ alive while its load runs, so a slow load (analytics, search) is still stored.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,22 +35,31 @@ from mcprouter.server.cache.served import Loader, M, check_type, parse, unavaila
 from mcprouter.server.errors import RouterError, Unavailable
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats, Outcome
-from mcprouter.v1.serve_status_pb2 import ServeStatus
+from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 
 logger = logging.getLogger("mcprouter.server.cache")
 
+# The read of a miss and the lease in one round trip (the memcache lease
+# idea): the value if there is one, else whether we now hold the lease.
+GET_OR_LEASE = """
+local value = redis.call('GET', KEYS[1])
+if value then return {value, 0} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
+return {false, 0}
+"""
 # Deletes the lease only while it still holds our token: a lease that expired
 # and was taken by another instance is not ours to release.
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# Stores the value only while our lease still stands. An invalidation by a
-# write on any instance deletes the lease, so a load that read the store before
-# that write cannot put its old value back (memcache-style lease semantics).
-_STORE_IF_LEASED = """
+# Stores the value and releases the lease, only while our lease still stands.
+# An invalidation by a write on any instance deletes the lease, so a load that
+# read the store before that write cannot put its old value back.
+_STORE_AND_RELEASE = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
   return 1
 end
 return 0
@@ -64,6 +74,18 @@ _LEASE_POLLS = 6
 _CACHED = ServeStatus.SERVE_STATUS_CACHED
 _FRESH = ServeStatus.SERVE_STATUS_FRESH
 _STALE = ServeStatus.SERVE_STATUS_STALE
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A load lease: its Redis key and our token."""
+
+    key: str
+    token: str
+
+
+Admit = Callable[[str, Message | None, float, float], None]
+"""Offers a freshly loaded value to the L1: key, value, stored_at, fresh_until."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +119,25 @@ class KeyLoader:
         # False once invalidate() detached the running load of a key.
         self._is_current = is_current
         self._release_lease = guard.client.register_script(_RELEASE_LEASE)
-        self._store_if_leased = guard.client.register_script(_STORE_IF_LEASED)
+        self._store_and_release = guard.client.register_script(_STORE_AND_RELEASE)
         self._renew_lease = guard.client.register_script(_RENEW_LEASE)
+        self._prefix = secrets.token_hex(8)
+        self._tokens = itertools.count()
+        # Store-backs run after the waiters got their value (off the critical path).
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def new_lease(self, key: str) -> Lease:
+        """A lease for ``key`` with a token no other load uses."""
+        return Lease(lease_key(self._keyspace, key), f"{self._prefix}{next(self._tokens)}")
+
+    async def settle(self) -> None:
+        """Wait until every store-back and lease release started so far is done."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Let the store-backs in flight finish (they are one round trip each)."""
+        await self.settle()
 
     async def load(
         self,
@@ -109,6 +148,8 @@ class KeyLoader:
         previous: Entry | None,
         *,
         use_redis: bool,
+        lease: Lease | None = None,
+        admit: Admit | None = None,
         refresh: bool = False,
     ) -> Loaded:
         """Load ``key``; store the answer only under our lease.
@@ -121,13 +162,14 @@ class KeyLoader:
             previous: The entry read before (stale, or fresh for a refresh).
             use_redis: ``False`` when Redis failed just now: load without
                 lease and do not store.
+            lease: The lease, if the read already took it (``GET_OR_LEASE``).
+            admit: Offers the loaded value to the L1.
             refresh: This is an early refresh; if another instance holds the
                 lease (or Redis failed), give up and keep serving ``previous``.
         """
         dt = policy.data_type
-        lease = (lease_key(self._keyspace, key), secrets.token_hex(16))
-        leased = False
-        if use_redis:
+        if use_redis and lease is None:
+            lease = self.new_lease(key)
             got = await self._take_lease(key, lease, policy)
             if refresh and previous is not None and got is not True:
                 # Another instance is refreshing, or Redis just failed and the
@@ -140,27 +182,18 @@ class KeyLoader:
                     return waited
                 # The holder is slow or gone: try once more, else load unstored.
                 got = await self._take_lease(key, lease, policy)
-            leased = got is True
-        try:
-            return await self.fetch(
-                key, message_type, loader, policy, previous, lease=lease if leased else None
-            )
-        finally:
-            if leased:
-                release = self._release_lease
-                await self._guard.call(
-                    "lease release", key, dt, lambda: release(keys=[lease[0]], args=[lease[1]])
-                )
+            if got is not True:
+                lease = None
+        return await self.fetch(
+            key, message_type, loader, policy, previous, lease=lease, admit=admit
+        )
 
-    async def _take_lease(
-        self, key: str, lease: tuple[str, str], policy: CachePolicy
-    ) -> bool | Down:
-        lease_key_, token = lease
+    async def _take_lease(self, key: str, lease: Lease, policy: CachePolicy) -> bool | Down:
         got = await self._guard.call(
             "lease",
             key,
             policy.data_type,
-            lambda: self._redis.set(lease_key_, token, nx=True, px=policy.lease_ttl_ms),
+            lambda: self._redis.set(lease.key, lease.token, nx=True, px=policy.lease_ttl_ms),
         )
         return got if isinstance(got, Down) else bool(got)
 
@@ -194,41 +227,78 @@ class KeyLoader:
         policy: CachePolicy,
         previous: Entry | None,
         *,
-        lease: tuple[str, str] | None = None,
+        lease: Lease | None = None,
+        admit: Admit | None = None,
     ) -> Loaded:
         """Call the loader; store its answer if ``lease`` is given and still ours.
 
-        Falls back to ``previous`` when the store fails. Without ``lease`` (its
-        Redis key and our token) nothing is stored.
+        Falls back to ``previous`` when the store fails. Without ``lease``
+        nothing is stored. The store (and the lease's release) runs in the
+        background: the callers have their value one Redis round trip sooner.
         """
         dt = policy.data_type
         started = self._clock()
         try:
             value = await self._load_keeping_lease(key, loader, policy, lease)
-        except Exception as exc:
-            if isinstance(exc, RouterError) and not isinstance(exc, Unavailable):
-                raise  # the store answered (InvalidArgument, ...): propagate, cache nothing
+        except BaseException as exc:
+            if lease is not None:
+                self._in_background(self._release(key, dt, lease))
+            if not isinstance(exc, Exception) or (
+                isinstance(exc, RouterError) and not isinstance(exc, Unavailable)
+            ):
+                raise  # cancelled, or the store answered (InvalidArgument, ...): cache nothing
             self._stats.record(dt, Outcome.LOAD_ERROR)
             return self._fall_back(key, message_type, policy, previous, exc)
         self._stats.record(dt, Outcome.LOAD)
         check_type(key, value, message_type)
         now = self._clock()
-        # A load detached by invalidate() may predate the write: do not store it.
-        if lease is not None and self._is_current(key, asyncio.current_task()):
+        # A load detached by invalidate() may predate the write: do not keep it.
+        current = self._is_current(key, asyncio.current_task())
+        if not current:
+            if lease is not None:
+                self._in_background(self._release(key, dt, lease))
+            return Loaded(value, _FRESH, now)
+        if lease is not None or admit is not None:
             payload = None if value is None else value.SerializeToString()
-            blob, ttl_ms = encode_answer(
+            blob, ttl_ms, fresh_until = encode_answer(
                 policy, payload, now=now, load_duration=now - started, rng=self._rng
             )
-            rkey = self._keyspace.redis_key(key)
-            lease_key_, token = lease
-            store = self._store_if_leased
-            await self._guard.call(
-                "SET", key, dt, lambda: store(keys=[rkey, lease_key_], args=[token, blob, ttl_ms])
-            )
+            if lease is not None:
+                self._in_background(self._store_back(key, dt, lease, blob, ttl_ms))
+            if admit is not None:
+                admit(key, value, now, fresh_until)
         return Loaded(value, _FRESH, now)
 
+    async def _store_back(
+        self, key: str, data_type: DataType.ValueType, lease: Lease, blob: bytes, ttl_ms: int
+    ) -> None:
+        store = self._store_and_release
+        await self._guard.call(
+            "SET",
+            key,
+            data_type,
+            lambda: store(
+                keys=[self._keyspace.redis_key(key), lease.key], args=[lease.token, blob, ttl_ms]
+            ),
+        )
+
+    async def _release(self, key: str, data_type: DataType.ValueType, lease: Lease) -> None:
+        release = self._release_lease
+        await self._guard.call(
+            "lease release", key, data_type, lambda: release(keys=[lease.key], args=[lease.token])
+        )
+
+    def release_soon(self, key: str, data_type: DataType.ValueType, lease: Lease) -> None:
+        """Give a lease back in the background (its holder will not load)."""
+        self._in_background(self._release(key, data_type, lease))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _load_keeping_lease(
-        self, key: str, loader: Loader[M], policy: CachePolicy, lease: tuple[str, str] | None
+        self, key: str, loader: Loader[M], policy: CachePolicy, lease: Lease | None
     ) -> M | None:
         """Run the loader; while it runs past a third of the lease TTL, extend the lease."""
         if lease is None:
@@ -247,15 +317,14 @@ class KeyLoader:
             for renewer in renewers:
                 renewer.cancel()
 
-    async def _keep_alive(self, key: str, lease: tuple[str, str], policy: CachePolicy) -> None:
-        lease_key_, token = lease
+    async def _keep_alive(self, key: str, lease: Lease, policy: CachePolicy) -> None:
         renew = self._renew_lease
         while True:
             kept = await self._guard.call(
                 "lease renewal",
                 key,
                 policy.data_type,
-                lambda: renew(keys=[lease_key_], args=[token, policy.lease_ttl_ms]),
+                lambda: renew(keys=[lease.key], args=[lease.token, policy.lease_ttl_ms]),
             )
             if kept == 0:
                 return  # invalidated (or expired): the store will be refused anyway

@@ -47,6 +47,10 @@ class SingleFlight(Generic[T]):
         task, _ = self.start(key, factory)
         return await asyncio.shield(task)
 
+    def get(self, key: str) -> asyncio.Task[T] | None:
+        """The running load of ``key``, if any."""
+        return self._tasks.get(key)
+
     def is_current(self, key: str, task: asyncio.Task[Any] | None) -> bool:
         """Whether ``task`` is still the registered load of ``key`` (not forgotten)."""
         return task is not None and self._tasks.get(key) is task
