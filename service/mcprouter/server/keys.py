@@ -159,6 +159,10 @@ class KeySpace:
         """A Redis key of an internal family (dedup, lease, ...)."""
         return self.namespace + ":".join((f"_{family}", *parts))
 
+    def generation(self, collection: str) -> str:
+        """The Redis key of a collection's search generation (see ``chroma/search_keys``)."""
+        return self.internal("gen", collection)
+
     def client_key(self, redis_key: str) -> str:
         """The client-visible form of a Redis key."""
         return redis_key.removeprefix(self.namespace)

@@ -34,10 +34,6 @@ RECONNECT_DELAY_S = 1.0
 PING_INTERVAL_S = 1.0
 
 
-class FeedSilent(Exception):
-    """The subscription answered neither a message nor a PING within the interval."""
-
-
 def encode_message(keys: Sequence[str], patterns: Sequence[str], *, origin: str) -> bytes:
     """The wire form of one invalidation (``origin`` names the sending instance)."""
     return json.dumps({"keys": list(keys), "patterns": list(patterns), "origin": origin}).encode()
@@ -103,7 +99,7 @@ class InvalidationFeed:
                 await self._listen()
             except asyncio.CancelledError:
                 raise
-            except (*REDIS_ERRORS, FeedSilent) as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("invalidation feed lost (%s); local cache off", exc)
             except Exception:
                 logger.exception("invalidation feed failed; local cache off")
@@ -125,7 +121,8 @@ class InvalidationFeed:
                     await pubsub.ping()
                     pinged_at = loop.time()
                 elif loop.time() - pinged_at >= self._ping_interval:
-                    raise FeedSilent(
+                    # A silent subscription is a timeout like any other.
+                    raise TimeoutError(
                         f"no answer to PING within {self._ping_interval:g} s on {self.channel!r}"
                     )
         finally:

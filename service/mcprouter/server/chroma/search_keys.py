@@ -46,7 +46,7 @@ _LIST_OPERATORS = (search.FILTER_OPERATOR_IN, search.FILTER_OPERATOR_NOT_IN)
 
 def generation_key(keyspace: KeySpace, collection: str) -> str:
     """The Redis key (namespace included) of a collection's search generation."""
-    return keyspace.internal("gen", collection)
+    return keyspace.generation(collection)
 
 
 def parse_generation(raw: bytes | str | int | None) -> int:

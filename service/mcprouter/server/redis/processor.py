@@ -116,10 +116,8 @@ class RedisProcessor:
         and in every L1, with no SCAN. The SCAN + UNLINK after it only frees
         the memory of the now unreachable entries; its count is the answer.
         """
-        from mcprouter.server.chroma.search_keys import generation_key
-
         async with self._reporting("Invalidate"):
-            await self._redis.incr(generation_key(self._keyspace, collection))
+            await self._redis.incr(self._keyspace.generation(collection))
         return await self._cache.invalidate(patterns=[keys.collection_pattern(collection)])
 
     async def mark_once(self, family: str, ident: str, ttl_s: int) -> bool:
