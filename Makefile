@@ -43,7 +43,7 @@ run: install
 
 ## test: install, check the contract and the code, run the whole suite.
 test: install check
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 ## generate: rewrite the committed generated code from the protos.
 generate: install $(TS_CLIENT)/node_modules/.package-lock.json go-deps

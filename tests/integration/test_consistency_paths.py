@@ -248,6 +248,7 @@ async def test_path2_a_caller_that_lost_the_lease_does_not_store_a_pre_write_val
     waiter_gate.opened.set()
     holder_gate.opened.set()
     await asyncio.gather(holder, waiter)
+    await asyncio.gather(a.cache.settle(), b.cache.settle())
     assert await cached_version(redis_client, namespace, exp.experiment_id) in (None, 2)
     assert (await writer.read(exp.experiment_id)).version == 2
 
@@ -270,6 +271,7 @@ async def test_path2_pattern_and_entity_invalidations_break_the_leases_they_matc
         await b.ops.invalidate_experiment(exp.experiment_id)
     gate.opened.set()
     await reader
+    await a.cache.settle()  # its store-back, if any, has run
     assert await cached_version(redis_client, namespace, exp.experiment_id) in (None, 2)
 
 
@@ -287,6 +289,7 @@ async def test_path3_a_load_slower_than_the_lease_ttl_is_cached(
     await asyncio.sleep(0.6)  # four lease TTLs: a lease that is not kept alive is gone
     gate.opened.set()
     await reader
+    await a.cache.settle()
     assert await cached_version(redis_client, namespace, exp.experiment_id) == 1
 
 
@@ -354,3 +357,78 @@ async def test_path9_assignment_not_found_does_not_survive_the_experiments_creat
     await a.write(experiment(exp_id))
     result = await a.processor.get_assignment(op)
     assert result.value.variant in ("control", "treatment")  # type: ignore[attr-defined]
+
+
+# --- the invalidation follows the commit, and a write detaches loads in flight -----
+
+
+async def test_the_invalidation_follows_the_commit_not_precedes_it(
+    instances: Factory, redis_client: aioredis.Redis, namespace: str
+) -> None:
+    """A reader that loads between an early invalidation and the commit would cache
+    the old value for a whole TTL: the classic cache-aside race."""
+    a, reader = await instances(), await instances()
+    exp = await a.write(experiment(uid("e")))
+    commit = a.store.upsert_experiment
+
+    async def read_then_commit(value: Experiment) -> Experiment:
+        # Another instance reads just before PostgreSQL commits.
+        assert (await reader.read(exp.experiment_id)).version == 1
+        await reader.cache.settle()
+        return await commit(value)
+
+    a.store.upsert_experiment = read_then_commit  # type: ignore[method-assign]
+    await a.write(experiment(exp.experiment_id, version=1, name="v2"))
+    await a.cache.settle()
+    assert await cached_version(redis_client, namespace, exp.experiment_id) in (None, 2)
+    assert (await reader.read(exp.experiment_id)).version == 2
+
+
+async def test_a_write_detaches_the_load_in_flight_on_its_own_instance(
+    instances: Factory,
+) -> None:
+    """A read that arrives after an acknowledged write must not join a load that
+    read the store before it (single-flight detach)."""
+    a = await instances()
+    exp = await a.write(experiment(uid("e")))
+    gate = Gate(a.store)
+    early = asyncio.create_task(a.read(exp.experiment_id))  # loads version 1, held
+    await gate.read_done.wait()
+    gate.read_done.clear()
+    await a.write(experiment(exp.experiment_id, version=1, name="v2"))
+    late = asyncio.create_task(a.read(exp.experiment_id))  # after the acknowledgement
+    await asyncio.sleep(0)
+    gate.opened.set()
+    assert (await early).version == 1  # it began before the write: either answer is fine
+    assert (await late).version == 2
+
+
+async def test_path1_write_cancelled_while_its_commit_returns_is_still_invalidated(
+    instances: Factory, redis_client: aioredis.Redis, namespace: str
+) -> None:
+    """The cancellation lands while the store call that committed has not returned yet."""
+    a = await instances()
+    exp = await a.write(experiment(uid("e")))
+    await a.read(exp.experiment_id)
+    await a.cache.settle()
+    commit = a.store.upsert_experiment
+    committed = asyncio.Event()
+
+    async def commit_slowly(value: Experiment) -> Experiment:
+        stored = await commit(value)
+        committed.set()
+        await asyncio.sleep(0.2)  # the driver still reading the reply
+        return stored
+
+    a.store.upsert_experiment = commit_slowly  # type: ignore[method-assign]
+    writer = asyncio.create_task(a.write(experiment(exp.experiment_id, version=1, name="v2")))
+    await committed.wait()
+    writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
+
+    async def old_value_gone() -> bool:
+        return await cached_version(redis_client, namespace, exp.experiment_id) != 1
+
+    await eventually_async(old_value_gone, "invalidation after the cancelled write")
+    assert (await a.read(exp.experiment_id)).name == "v2"

@@ -1,0 +1,126 @@
+"""Named semantic mutants of the code that carries the consistency guarantees.
+
+Each mutant is a deliberate, realistic mistake (the kind a refactoring makes)
+written as exact text edits of the source. ``test_semantic_mutants.py``
+applies each one to a scratch copy of ``service/`` and proves that the tests
+named beside it fail. An edit whose ``original`` text is no longer in the
+source fails that check loudly: when the code moves, the mutant must move too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace ``original`` (which must occur exactly once) by ``mutated`` in ``path``."""
+
+    path: str  # relative to service/mcprouter/server
+    original: str
+    mutated: str
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """A mistake and the tests that must catch it."""
+
+    name: str
+    why: str
+    edits: tuple[Edit, ...]
+    killed_by: tuple[str, ...]  # pytest node ids or files, relative to the repository
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant(
+        "invalidation-before-commit",
+        "the classic cache-aside race: a reader between the invalidation and the commit "
+        "caches the old value for a whole TTL",
+        (
+            Edit(
+                "postgres/processor.py",
+                """        stored = await self._writes.run(
+            lambda: self._store.upsert_experiment(op.experiment),
+            lambda: self._cache.after_write(
+                [key], [f"metrics:{exp_id}:*", f"analytics:{exp_id}:*"]
+            ),
+        )""",
+                """        await self._cache.after_write([key], [f"metrics:{exp_id}:*", f"analytics:{exp_id}:*"])
+        stored = await self._writes.run(
+            lambda: self._store.upsert_experiment(op.experiment),
+            lambda: self._cache.after_write([]),
+        )""",
+            ),
+        ),
+        (
+            "tests/integration/test_consistency_paths.py::"
+            "test_the_invalidation_follows_the_commit_not_precedes_it",
+        ),
+    ),
+    Mutant(
+        "single-flight-detach-removed",
+        "a load that read the store before a write keeps serving callers that arrive after it",
+        (
+            Edit(
+                "cache/core.py",
+                """        self._local.drop(keys, patterns)
+        for key in [*keys, *self._flights.matching(patterns)]:
+            self._flights.forget(key)""",
+                """        self._local.drop(keys, patterns)""",
+            ),
+        ),
+        (
+            "tests/integration/test_consistency_paths.py::"
+            "test_a_write_detaches_the_load_in_flight_on_its_own_instance",
+        ),
+    ),
+    Mutant(
+        "invalidation-skipped-on-cancel",
+        "the write runs in the caller's task and a cancellation is taken for 'nothing written'",
+        (
+            Edit(
+                "writes.py",
+                """        task = asyncio.create_task(self._write(commit, follow_up, deadline), name="write")
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)""",
+                """        return await self._write(commit, follow_up, deadline)""",
+            ),
+            Edit(
+                "writes.py",
+                """    return isinstance(exc, RouterError) and not isinstance(exc, Unavailable)""",
+                """    return isinstance(exc, (RouterError, asyncio.CancelledError)) and not isinstance(
+        exc, Unavailable
+    )""",
+            ),
+        ),
+        (
+            "tests/integration/test_consistency_paths.py::"
+            "test_path1_write_cancelled_while_its_commit_returns_is_still_invalidated",
+        ),
+    ),
+    Mutant(
+        "store-without-lease-check",
+        "a load stores its value whether or not an invalidation took its lease meanwhile",
+        (
+            Edit(
+                "cache/loading.py",
+                """if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0""",
+                """redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+return 1""",
+            ),
+        ),
+        (
+            "tests/integration/test_consistency_paths.py::"
+            "test_path2_pattern_and_entity_invalidations_break_the_leases_they_match",
+            "tests/integration/test_consistency_paths.py::"
+            "test_path2_a_caller_that_lost_the_lease_does_not_store_a_pre_write_value",
+        ),
+    ),
+)
