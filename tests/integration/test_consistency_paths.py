@@ -23,7 +23,6 @@ import redis.asyncio as aioredis
 from mcprouter.server import errors
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker, LocalCache
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.postgres.migrations import apply_migrations
 from mcprouter.server.postgres.pool import create_pool
 from mcprouter.server.postgres.processor import PostgresPolicies, PostgresProcessor
 from mcprouter.server.postgres.store import PostgresStore
@@ -32,6 +31,7 @@ from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, Variant
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
+from tests.conditions import eventually, eventually_async
 
 STORED = ServeStatus.SERVE_STATUS_STORED
 RUNNING = ExperimentStatus.EXPERIMENT_STATUS_RUNNING
@@ -80,23 +80,6 @@ class Instance:
         await self.cache.aclose()
 
 
-@pytest.fixture(scope="module")
-async def migrated_dsn(postgres_dsn: str) -> str:
-    conn = await asyncpg.connect(postgres_dsn)
-    try:
-        await apply_migrations(conn)
-    finally:
-        await conn.close()
-    return postgres_dsn
-
-
-@pytest.fixture
-async def pool(migrated_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(migrated_dsn, min_size=1, max_size=8)
-    yield pool
-    await pool.close()
-
-
 Factory = Callable[..., Awaitable[Instance]]
 
 
@@ -125,22 +108,6 @@ async def instances(
     yield make
     for instance in made:
         await instance.aclose()
-
-
-async def eventually(condition: Callable[[], bool], what: str = "condition") -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what} not reached")
-
-
-async def eventually_async(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(500):
-        if await condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what} not reached")
 
 
 def uid(prefix: str) -> str:

@@ -8,21 +8,13 @@ with no feed behind it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
 from mcprouter.server.cache.feed import InvalidationFeed
 from mcprouter.server.redis.connection import create_redis
+from tests.conditions import eventually
 from tests.faults.proxy import DelayingProxy
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what} not reached")
 
 
 async def test_a_connection_that_dies_silently_turns_the_l1_off(

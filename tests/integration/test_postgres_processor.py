@@ -20,7 +20,6 @@ import redis.asyncio as aioredis
 from mcprouter.server import errors
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.postgres.migrations import apply_migrations
 from mcprouter.server.postgres.pool import create_pool
 from mcprouter.server.postgres.processor import PostgresPolicies, PostgresProcessor
 from mcprouter.server.postgres.store import PostgresStore
@@ -68,23 +67,6 @@ def policies() -> PostgresPolicies:
         assignment=make(DataType.DATA_TYPE_ASSIGNMENT, 3_600),
         user_profile=make(DataType.DATA_TYPE_USER_PROFILE, 1_800),
     )
-
-
-@pytest.fixture(scope="module")
-async def migrated_dsn(postgres_dsn: str) -> str:
-    conn = await asyncpg.connect(postgres_dsn)
-    try:
-        await apply_migrations(conn)
-    finally:
-        await conn.close()
-    return postgres_dsn
-
-
-@pytest.fixture
-async def pool(migrated_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(migrated_dsn, min_size=1, max_size=8)
-    yield pool
-    await pool.close()
 
 
 def build_rig(
