@@ -249,7 +249,7 @@ async def test_bad_id_is_invalid_argument_naming_the_field(client: RouterClient)
         await client.get_experiment("bad id*")
     error = caught.value
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert (error.reason, error.domain) == ("INVALID_ARGUMENT", ERROR_DOMAIN)
+    assert (error.reason, error.domain) == ("INVALID_ID", ERROR_DOMAIN)
     assert [v.field for v in error.field_violations] == ["get_experiment.experiment_id"]
     assert error.field_violations[0].description
     assert isinstance(error.__cause__, grpc.aio.AioRpcError)

@@ -55,7 +55,7 @@ from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.limits import MAX_DIMENSION, MAX_ITEMS_PER_CALL, MAX_K
 from mcprouter.server.router import Handler, RouteResult
-from mcprouter.server.validation import Violations
+from mcprouter.server.validation import Reason, Violations
 from mcprouter.server.writes import Writes
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import search_pb2 as search
@@ -222,7 +222,10 @@ def _prefixed(operation: str) -> Iterator[None]:
         if all(v.field.startswith(f"{operation}.") for v in exc.violations):
             raise
         raise InvalidArgument(
-            [FieldViolation(f"{operation}.{v.field}", v.description) for v in exc.violations],
+            [
+                FieldViolation(f"{operation}.{v.field}", v.description, v.reason)
+                for v in exc.violations
+            ],
             reason=exc.reason,
             metadata=exc.metadata,
         ) from exc
@@ -240,11 +243,17 @@ def _check_search(op: rs.SemanticSearchOperation) -> Where | None:
     v = Violations()
     check_collection(v, "semantic_search.collection", op.collection)
     if not 1 <= len(op.embedding) <= MAX_DIMENSION:
-        v.add("semantic_search.embedding", f"must hold 1..{MAX_DIMENSION} elements")
+        v.add(
+            "semantic_search.embedding",
+            f"must hold 1..{MAX_DIMENSION} elements",
+            Reason.INVALID_EMBEDDING,
+        )
     elif not _all_finite(op.embedding):
-        v.add("semantic_search.embedding", "must hold finite numbers only")
+        v.add(
+            "semantic_search.embedding", "must hold finite numbers only", Reason.INVALID_EMBEDDING
+        )
     if not 1 <= op.k <= MAX_K:
-        v.add("semantic_search.k", f"must be 1..{MAX_K}, got {op.k}")
+        v.add("semantic_search.k", f"must be 1..{MAX_K}, got {op.k}", Reason.OUT_OF_RANGE)
     v.raise_if_any()
     return to_where(op.filter if op.HasField("filter") else None, "semantic_search.filter")
 
@@ -258,13 +267,16 @@ def _check_upsert(op: rs.UpsertEmbeddingsOperation) -> None:
     for i, item in enumerate(op.items[:MAX_ITEMS_PER_CALL]):
         at = f"upsert_embeddings.items[{i}]"
         if (seen := first_index.setdefault(item.id, i)) != i:
-            v.add(f"{at}.id", f"duplicates items[{seen}].id {item.id!r}")
+            v.add(f"{at}.id", f"duplicates items[{seen}].id {item.id!r}", Reason.DUPLICATE_ITEM)
         if not 1 <= len(item.embedding) <= MAX_DIMENSION:
-            v.add(f"{at}.embedding", f"must hold 1..{MAX_DIMENSION} elements")
+            problem = f"must hold 1..{MAX_DIMENSION} elements"
         elif len(item.embedding) != dimension:
-            v.add(f"{at}.embedding", f"has dimension {len(item.embedding)}, items[0] {dimension}")
+            problem = f"has dimension {len(item.embedding)}, items[0] {dimension}"
         elif not _all_finite(item.embedding):
-            v.add(f"{at}.embedding", "must hold finite numbers only")
+            problem = "must hold finite numbers only"
+        else:
+            continue
+        v.add(f"{at}.embedding", problem, Reason.INVALID_EMBEDDING)
     v.raise_if_any()
 
 

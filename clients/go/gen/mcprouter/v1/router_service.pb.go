@@ -1530,7 +1530,8 @@ type InvalidateResponse struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// removed is how many keys were removed.
+	// removed is how many keys were removed. Proto3 JSON leaves a zero out:
+	// grpcurl prints {} for 0 unless given -emit-defaults.
 	Removed uint64 `protobuf:"varint,1,opt,name=removed,proto3" json:"removed,omitempty"`
 }
 
