@@ -6,7 +6,9 @@ COPY pyproject.toml README.md ./
 COPY protos protos
 COPY generated generated
 COPY service service
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 mcprouter
+COPY clients/python clients/python
+# The server distribution depends on mcprouter-client (the generated contract).
+RUN pip install --no-cache-dir ./clients/python . && useradd --system --uid 10001 mcprouter
 USER mcprouter
 
 ENV LISTEN_ADDRESS=0.0.0.0:50051 \

@@ -15,14 +15,23 @@ GO_APT_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc
 
 .PHONY: run test install generate check-generated lint typecheck check unit integration e2e clean go-deps
 
-# Idempotent install: re-runs only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# Idempotent install: re-runs only when a pyproject.toml changes. Both
+# distributions are editable: the client (clients/python, which also puts
+# generated/python on the path) and the server that depends on it.
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./clients/python -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+# Wheels of the client distribution's build backend and dependencies, so the
+# test that installs the client alone into a fresh virtualenv runs offline.
+WHEELHOUSE := $(VENV)/wheelhouse
+$(WHEELHOUSE)/.complete: clients/python/pyproject.toml $(VENV)/.installed
+	$(PY) -m pip wheel --quiet -w $(WHEELHOUSE) './clients/python' 'hatchling>=1.25'
+	touch $@
+
+install: $(VENV)/.installed $(WHEELHOUSE)/.complete
 
 # Node packages of the TypeScript client, from its committed lock file.
 $(TS_CLIENT)/node_modules/.package-lock.json: $(TS_CLIENT)/package-lock.json
@@ -49,7 +58,10 @@ test: install check
 generate: install $(TS_CLIENT)/node_modules/.package-lock.json go-deps
 	rm -rf $(GEN)/mcprouter/v1
 	$(BIN)/buf generate
-	$(BIN)/buf build --exclude-imports -o $(GEN)/mcprouter/v1/descriptor_set.binpb
+	# Imports included (google/protobuf/*.proto), so `protoc --descriptor_set_in`
+	# can decode with it alone; the marker makes the generated stubs typed.
+	$(BIN)/buf build -o $(GEN)/mcprouter/v1/descriptor_set.binpb
+	touch $(GEN)/mcprouter/v1/py.typed
 	$(PY) -m grpc_tools.protoc -I protos \
 		--grpc_python_out=$(GEN) \
 		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \

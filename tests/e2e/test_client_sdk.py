@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from mcprouter.client import (
     RetryPolicy,
     RouterClient,
     ServeStatus,
+    SyncRouterClient,
     Unavailable,
     UserProfile,
     Variant,
@@ -249,10 +251,31 @@ async def test_bad_id_is_invalid_argument_naming_the_field(client: RouterClient)
         await client.get_experiment("bad id*")
     error = caught.value
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert (error.reason, error.domain) == ("INVALID_ARGUMENT", ERROR_DOMAIN)
+    assert (error.reason, error.domain) == ("INVALID_ID", ERROR_DOMAIN)
     assert [v.field for v in error.field_violations] == ["get_experiment.experiment_id"]
     assert error.field_violations[0].description
     assert isinstance(error.__cause__, grpc.aio.AioRpcError)
+
+
+def test_sync_client_same_surface_against_the_live_server(server_target: str) -> None:
+    experiment_id = unique("sdk-sync")
+    with SyncRouterClient.connect(server_target, default_timeout=10.0) as sdk:
+        assert sdk.health() == "SERVING"
+        stored = sdk.upsert_experiment(experiment(experiment_id))
+        assert stored.status == STORED and stored.value.version == 1
+        assert sdk.get_experiment(experiment_id).value.experiment_id == experiment_id
+        assert sdk.get_experiment(experiment_id).status == CACHED
+        assert sdk.get_cached(f"experiment:{experiment_id}").entries[0].hit
+        assert sdk.invalidate(experiment_id=experiment_id) >= 1
+        with pytest.raises(NotFound) as caught:
+            sdk.get_experiment(unique("sdk-missing"), metadata=[("x-request-id", "sync-rid-1")])
+        assert caught.value.reason == "EXPERIMENT_NOT_FOUND"
+        assert caught.value.request_id == "sync-rid-1"  # echoed by the server
+        assert str(caught.value).startswith("NOT_FOUND (EXPERIMENT_NOT_FOUND): ")
+    public = set(dir(RouterClient)) - {"__aenter__", "__aexit__"}
+    assert {n for n in public if not n.startswith("_")} == {
+        n for n in dir(SyncRouterClient) if not n.startswith("_")
+    }
 
 
 async def test_missing_experiment_is_not_found(client: RouterClient) -> None:
@@ -286,6 +309,12 @@ async def test_reads_are_retried_against_a_stopped_server_writes_are_not(
 
             counter.methods.clear()
             with pytest.raises(Unavailable):
+                await sdk.upsert_experiment(experiment("sdk-any"), timeout=5.0)
+            assert counter.count("RouteData") == 1
+
+            # Events are deduplicated by id, so a batch is resent like a read.
+            counter.methods.clear()
+            with pytest.raises(Unavailable) as caught:
                 await sdk.track_events(
                     Event(
                         event_id="ev-1",
@@ -296,7 +325,8 @@ async def test_reads_are_retried_against_a_stopped_server_writes_are_not(
                     ),
                     timeout=5.0,
                 )
-            assert counter.count("RouteData") == 1
+            assert counter.count("RouteData") == policy.max_attempts
+            assert len(caught.value.request_id) == 16  # the one the client sent
 
             with pytest.raises(Unavailable):
                 await sdk.stats(timeout=5.0)
@@ -309,11 +339,13 @@ class FlakyRouter:
         self.failures = failures
         self.calls: dict[str, int] = {}
         self.authorization: list[str] = []
+        self.request_ids: list[str] = []
 
     async def _flaky(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
         metadata = dict(context.invocation_metadata() or ())
         self.authorization.append(metadata.get("authorization", ""))
+        self.request_ids.append(metadata.get("x-request-id", ""))
         if self.calls[name] <= self.failures:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
 
@@ -386,13 +418,40 @@ async def test_a_read_succeeds_after_transient_unavailable(
         assert (router.calls["Stats"], counter.count("Stats")) == (3, 1)
 
 
-async def test_a_write_is_not_retried_on_unavailable(flaky: tuple[FlakyRouter, str]) -> None:
+async def test_an_upsert_is_not_retried_on_unavailable(flaky: tuple[FlakyRouter, str]) -> None:
     router, target = flaky
     async with RouterClient.connect(target) as sdk:
         with pytest.raises(Unavailable) as caught:
-            await sdk.track_events([Event(event_id="e", experiment_id="x")])
+            await sdk.upsert_experiment(experiment("x"))
         assert caught.value.message == "warming up"
     assert router.calls["RouteData"] == 1
+
+
+async def test_track_events_is_resent_on_unavailable(flaky: tuple[FlakyRouter, str]) -> None:
+    router, target = flaky
+    policy = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
+    async with RouterClient.connect(target, retry=policy) as sdk:
+        answer = await sdk.track_events([Event(event_id="e", experiment_id="x")])
+    assert answer.value.stored == 1
+    assert router.calls["RouteData"] == 3
+    # Every attempt of one call carries the same request id.
+    assert len(set(router.request_ids)) == 1
+
+
+async def test_the_sync_client_retries_like_the_async_one(
+    flaky: tuple[FlakyRouter, str],
+) -> None:
+    router, target = flaky
+    policy = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
+
+    def blocking() -> None:  # in a thread: the in-process server needs this event loop
+        with SyncRouterClient.connect(target, retry=policy, token="t0k") as sdk:
+            assert sdk.get_experiment("exp-1").value.experiment_id == "exp-1"
+            assert sdk.stats().hit_rate == 0.5
+
+    await asyncio.to_thread(blocking)
+    assert (router.calls["RouteData"], router.calls["Stats"]) == (3, 3)
+    assert set(router.authorization) == {"Bearer t0k"}
 
 
 async def test_retries_can_be_switched_off(flaky: tuple[FlakyRouter, str]) -> None:

@@ -1,91 +1,48 @@
-"""The Go client (clients/go) built offline from Debian's Go sources.
+"""The Go client (clients/go) built offline from Debian's Go sources (see ``golang.py``).
 
-No Go module proxy is reachable, so the client is built in GOPATH mode
-(``GO111MODULE=off``) with ``GOPATH=<tmp>:/usr/share/gocode``, where Debian's
-``golang-google-grpc-dev``, ``golang-google-protobuf-dev``,
-``golang-github-golang-protobuf-1-5-dev`` and ``golang-google-genproto-dev``
-keep their sources; ``<tmp>/src/mcprouter`` is a symlink to clients/go (the
-module path of clients/go/go.mod). ``go test`` reproduces the assignment
-vectors; the quickstart program then drives the shared e2e server and checks
-the server's assignments against the local algorithm, STORED then DUPLICATE,
-an ErrorInfo reason and Stats. Skipped, with the apt-get line, when the
-toolchain or the sources are missing.
+``go test`` reproduces the assignment vectors and checks the client's error
+decoding; the quickstart program then drives the shared e2e server and
+checks the server's assignments against the local algorithm, STORED then
+DUPLICATE, an ErrorInfo reason, health and Stats. Skipped, with the apt-get
+line, when the toolchain or the sources are missing.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+from tests.e2e.golang import MODULE_PATH, go, gopath, module_path
 
-REPO = Path(__file__).resolve().parents[2]
-CLIENT_DIR = REPO / "clients" / "go"
-DEBIAN_GOCODE = Path("/usr/share/gocode")
-APT_LINE = (
-    "apt-get install -y --no-install-recommends golang-go golang-google-grpc-dev "
-    "golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev"
-)
-GO_TIMEOUT_S = 400
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def gopath(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """The package folder inside a GOPATH, and the environment to build there."""
-    go = shutil.which("go")
-    grpc_src = DEBIAN_GOCODE / "src" / "google.golang.org" / "grpc"
-    golang_protobuf = DEBIAN_GOCODE / "src" / "github.com" / "golang" / "protobuf"
-    if go is None or not grpc_src.is_dir():
-        pytest.skip(f"Go toolchain or Debian Go sources missing: {APT_LINE}")
-    if not (golang_protobuf / "proto" / "registry.go").is_file():
-        # grpc 1.33 marshals through github.com/golang/protobuf; its 1.3
-        # version (no proto/registry.go) cannot marshal APIv2 messages.
-        pytest.skip(f"github.com/golang/protobuf 1.3 installed, 1.5 needed: {APT_LINE}")
-    root = tmp_path_factory.mktemp("gopath")
-    (root / "src").mkdir()
-    package = root / "src" / "mcprouter"
-    package.symlink_to(CLIENT_DIR, target_is_directory=True)
-    env = os.environ | {
-        "GO111MODULE": "off",
-        "GOPATH": f"{root}{os.pathsep}{DEBIAN_GOCODE}",
-        "GOFLAGS": "",
-        "GOPROXY": "off",
-        "MCPROUTER_SPEC_DIR": str(REPO / "spec"),
-    }
-    env.setdefault("GOCACHE", str(Path.home() / ".cache" / "go-build"))
-    return package, env
+def go_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    return gopath(tmp_path_factory.mktemp("gopath"))
 
 
-def go(package: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["go", *args],
-        cwd=package,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=GO_TIMEOUT_S,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+def test_module_path_is_go_gettable() -> None:
+    # A path under the repository's host, so `go get` can fetch it (module mode).
+    assert module_path() == MODULE_PATH
 
 
-def test_go_client_reproduces_assignment_vectors(gopath: tuple[Path, dict[str, str]]) -> None:
-    package, env = gopath
+def test_go_client_reproduces_assignment_vectors(go_package: tuple[Path, dict[str, str]]) -> None:
+    package, env = go_package
     result = go(package, env, "test", "-count=1", "-v", "./...")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "--- PASS: TestVectorsBucketAndVariant" in output, output
     assert "--- PASS: TestVectorsChooseVariant" in output, output
+    assert "--- PASS: TestErrorNamesTheProblemOnce" in output, output
 
 
 def test_go_client_against_live_server(
-    gopath: tuple[Path, dict[str, str]], server_target: str, tmp_path: Path
+    go_package: tuple[Path, dict[str, str]], server_target: str, tmp_path: Path
 ) -> None:
-    package, env = gopath
+    package, env = go_package
     binary = tmp_path / "quickstart"
     built = go(package, env, "build", "-o", str(binary), "./cmd/quickstart")
     assert built.returncode == 0, built.stdout + built.stderr

@@ -87,7 +87,7 @@ async def test_invalid_argument_carries_bad_request_and_error_info(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     status = details_of(caught.value)
     info = unpack(status, error_details_pb2.ErrorInfo)
-    assert (info.domain, info.reason) == (DOMAIN, "INVALID_ARGUMENT")
+    assert (info.domain, info.reason) == (DOMAIN, "INVALID_ID")
     bad = unpack(status, error_details_pb2.BadRequest)
     assert [v.field for v in bad.field_violations] == ["get_experiment.experiment_id"]
     assert bad.field_violations[0].description

@@ -11,6 +11,7 @@ installed with ``npm ci`` (from the committed package-lock.json) when
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,8 +25,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "typescript"
 NPM_CI_TIMEOUT_S = 300
 NPM_TEST_TIMEOUT_S = 180
-# 4 offline assignment tests + 7 live tests (test/*.test.ts).
-MIN_PASSED = 11
+# 4 offline assignment tests + 2 offline retry tests + 9 live tests (test/*.test.ts).
+MIN_PASSED = 15
 
 
 def npm() -> str:
@@ -85,3 +86,66 @@ def test_typescript_client_against_live_server(server_target: str) -> None:
     assert counts.get("pass", 0) >= MIN_PASSED, output
     dedup_test = r"^\s*ok \d+ - track an event: STORED; the same event again: DUPLICATE$"
     assert re.search(dedup_test, output, re.M), output
+
+
+PLAIN_JS = """
+import { RouterClient, RouterError, ServeStatus } from "@mcprouter/client";
+
+const client = new RouterClient({ target: process.argv[2] });
+try {
+  console.log("health", await client.health());
+  try {
+    await client.getExperiment("no such id!");
+  } catch (err) {
+    console.log("error", err instanceof RouterError, err.statusName, err.reason);
+  }
+  console.log("enum", ServeStatus[ServeStatus.CACHED]);
+} finally {
+  client.close();
+}
+"""
+
+
+def test_package_builds_to_javascript_a_plain_js_project_can_import(
+    server_target: str, tmp_path: Path
+) -> None:
+    npm_path = npm()
+    ensure_node_modules(npm_path)
+    packed = subprocess.run(
+        [npm_path, "pack", "--dry-run", "--json"],  # runs prepack: the tsc build
+        cwd=CLIENT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=NPM_TEST_TIMEOUT_S,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert packed.returncode == 0, packed.stdout + packed.stderr
+    (manifest,) = json.loads(packed.stdout[packed.stdout.index("[") :])
+    files = {f["path"] for f in manifest["files"]}
+    assert {"dist/index.js", "dist/index.d.ts", "dist/client.d.ts", "package.json"} <= files
+    assert not any(f.startswith(("test/", "node_modules/")) for f in files)
+    package = json.loads((CLIENT_DIR / "package.json").read_text())
+    assert "private" not in package and package["exports"]["."]["import"] == "./dist/index.js"
+
+    # A plain JavaScript project: no TypeScript, no tsx; the package by name.
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    scope = tmp_path / "node_modules" / "@mcprouter"
+    scope.mkdir(parents=True)
+    (scope / "client").symlink_to(CLIENT_DIR, target_is_directory=True)
+    (tmp_path / "main.js").write_text(PLAIN_JS)
+    result = subprocess.run(
+        ["node", "main.js", server_target],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "health SERVING",
+        "error true INVALID_ARGUMENT INVALID_ID",
+        "enum CACHED",
+    ]

@@ -331,7 +331,11 @@ async def test_analytics_against_a_hand_computed_fixture(rig: Rig) -> None:
     assert treatment.ci_low == pytest.approx(-0.06001860557317, abs=1e-6)
     assert treatment.ci_high == pytest.approx(0.46001860557317, abs=1e-6)
     assert (empty.exposed_users, empty.conversion_rate, empty.p_value) == (0, 0.0, 1.0)
-    assert math.isnan(empty.relative_lift) and math.isnan(empty.ci_low)
+    # No NaN on the wire (JSON would show the string "NaN"): flags instead.
+    assert (empty.relative_lift, empty.ci_low, empty.ci_high) == (0.0, 0.0, 0.0)
+    assert empty.relative_lift_undefined and empty.confidence_interval_undefined
+    assert not treatment.relative_lift_undefined
+    assert not treatment.confidence_interval_undefined
 
     queries = rig.store.queries
     again = await rig.processor.get_analytics(op)

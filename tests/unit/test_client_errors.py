@@ -75,7 +75,36 @@ def test_invalid_argument_carries_error_info_and_field_violations() -> None:
         FieldViolation("get_experiment.experiment_id", "must match [A-Za-z0-9_.-]"),
         FieldViolation("k", "1..100"),
     )
-    assert str(error) == "INVALID_ARGUMENT [INVALID_ARGUMENT]: invalid request: ..."
+    # A reason that only repeats the code is not printed twice.
+    assert str(error) == "INVALID_ARGUMENT: invalid request: ..."
+
+
+def test_str_names_a_specific_reason_once_and_the_request_id() -> None:
+    info = error_details_pb2.ErrorInfo(reason="HOUR_NOT_TRUNCATED", domain=ERROR_DOMAIN)
+    bad = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(
+                field="get_event_metrics.hour",
+                description="must be truncated",
+                reason="HOUR_NOT_TRUNCATED",
+            )
+        ]
+    )
+    failed = rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "invalid request", info, bad)
+    error = from_rpc_error(failed, "rid-1")
+    assert str(error) == (
+        "INVALID_ARGUMENT (HOUR_NOT_TRUNCATED): invalid request [request_id=rid-1]"
+    )
+    assert error.field_violations[0].reason == "HOUR_NOT_TRUNCATED"
+    assert error.request_id == "rid-1"
+
+
+def test_the_servers_echoed_request_id_wins() -> None:
+    trailing = grpc.aio.Metadata(("x-request-id", "from-server"))
+    failed = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), trailing, details="down"
+    )
+    assert from_rpc_error(failed, "sent").request_id == "from-server"
 
 
 @pytest.mark.parametrize(

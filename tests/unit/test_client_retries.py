@@ -139,3 +139,50 @@ async def test_invalidate_needs_exactly_one_target() -> None:
             await client.invalidate()
         with pytest.raises(ValueError, match="pattern, experiment_id"):
             await client.invalidate(pattern="metrics:x:*", experiment_id="x")
+
+
+def test_track_events_and_reads_are_resent_upserts_are_not() -> None:
+    from mcprouter.client import Event, Experiment, UserProfile
+    from mcprouter.client import _operations as ops
+
+    assert ops.track_events(Event(event_id="e")).retryable
+    assert ops.get_experiment("e").retryable and ops.search("c", [1.0], 1, None).retryable
+    assert not ops.upsert_experiment(Experiment()).retryable
+    assert not ops.upsert_user_profile(UserProfile()).retryable
+    assert not ops.upsert_embeddings("c", []).retryable
+
+
+def test_sync_loop_retries_unavailable_like_the_async_one() -> None:
+    from mcprouter.client._retry import call_with_retries_sync
+
+    codes = [UNAVAILABLE, UNAVAILABLE]
+    waits: list[float] = []
+    now = [0.0]
+
+    def attempt(seconds: float) -> str:
+        if codes:
+            raise failure(codes.pop(0))
+        return "ok"
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    result = call_with_retries_sync(
+        attempt,
+        budget=5.0,
+        policy=POLICY,
+        clock=lambda: now[0],
+        sleep=sleep,
+        jitter=lambda bound: bound,
+    )
+    assert result == "ok" and waits == [0.1, 0.2]
+
+
+def test_request_id_is_made_once_per_call_or_taken_from_the_caller() -> None:
+    from mcprouter.client._calls import with_request_id
+
+    metadata, rid = with_request_id((("authorization", "Bearer t"),), None)
+    assert dict(metadata)["x-request-id"] == rid and len(rid) == 16
+    metadata, rid = with_request_id((), (("x-request-id", "mine"),))
+    assert rid == "mine" and metadata == (("x-request-id", "mine"),)

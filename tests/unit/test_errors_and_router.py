@@ -33,6 +33,18 @@ def test_invalid_argument_carries_error_info_and_bad_request() -> None:
     assert [v.field for v in bad.field_violations] == ["a.b", "c"]
 
 
+def test_error_info_reason_is_the_first_violations_kind() -> None:
+    error = InvalidArgument(
+        [FieldViolation("h", "not truncated", "HOUR_NOT_TRUNCATED"), FieldViolation("c", "bad")]
+    )
+    rich = decode(to_rpc_status(error))
+    info = error_details_pb2.ErrorInfo()
+    bad = error_details_pb2.BadRequest()
+    assert rich.details[0].Unpack(info) and rich.details[1].Unpack(bad)
+    assert info.reason == "HOUR_NOT_TRUNCATED"
+    assert [v.reason for v in bad.field_violations] == ["HOUR_NOT_TRUNCATED", "INVALID_ARGUMENT"]
+
+
 def test_other_errors_carry_reason_and_metadata() -> None:
     status = to_rpc_status(NotFound("no experiment e1", metadata={"experiment_id": "e1"}))
     assert status.code is grpc.StatusCode.NOT_FOUND

@@ -188,3 +188,102 @@ def test_nul_characters_are_refused_where_postgresql_would_fail() -> None:
     found = violations(rs.RouteDataRequest(upsert_user_profile=profile))
     assert any("NUL" in d for d in found.values()), found
     assert len(found) == 2
+
+
+def reasons(request: rs.RouteDataRequest) -> dict[str, str]:
+    with pytest.raises(InvalidArgument) as caught:
+        validated(request, now=NOW)
+    return {v.field: v.reason for v in caught.value.violations}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        (
+            {"get_experiment": {"experiment_id": "no spaces"}},
+            "get_experiment.experiment_id",
+            "INVALID_ID",
+        ),
+        ({"get_experiment": {}}, "get_experiment.experiment_id", "MISSING_FIELD"),
+        (
+            {
+                "get_event_metrics": {
+                    "experiment_id": "e",
+                    "variant": "v",
+                    "metric": "m",
+                    "hour": "2026-11-25T11:30:00Z",
+                }
+            },
+            "get_event_metrics.hour",
+            "HOUR_NOT_TRUNCATED",
+        ),
+        (
+            {"get_analytics": {"experiment_id": "e", "day": "2026-11-25T11:00:00Z"}},
+            "get_analytics.day",
+            "DAY_NOT_TRUNCATED",
+        ),
+        (
+            {"get_analytics": {"experiment_id": "e", "day": "1999-01-01T00:00:00Z"}},
+            "get_analytics.day",
+            "INVALID_TIMESTAMP",
+        ),
+        (
+            {"semantic_search": {"collection": "c1", "embedding": [], "k": 1}},
+            "semantic_search.embedding",
+            "INVALID_EMBEDDING",
+        ),
+        (
+            {"semantic_search": {"collection": "c1", "embedding": [1.0], "k": 0}},
+            "semantic_search.k",
+            "OUT_OF_RANGE",
+        ),
+        (
+            {
+                "track_events": {
+                    "events": [
+                        {
+                            "event_id": "e",
+                            "experiment_id": "x",
+                            "user_id": "u",
+                            "variant": "v",
+                            "event_type": "t",
+                        }
+                    ]
+                }
+            },
+            "track_events.events[0].timestamp",
+            "MISSING_FIELD",
+        ),
+        ({"track_events": {"events": [{}] * 1001}}, "track_events.events", "TOO_MANY_ITEMS"),
+        (
+            {
+                "upsert_experiment": {
+                    "experiment": {
+                        "experiment_id": "e",
+                        "name": "n",
+                        "status": "EXPERIMENT_STATUS_UNSPECIFIED",
+                        "variants": [{"name": "a", "weight": 1}],
+                    }
+                }
+            },
+            "upsert_experiment.experiment.status",
+            "INVALID_ENUM",
+        ),
+    ],
+)
+def test_each_violation_names_its_kind(body: dict[str, object], field: str, reason: str) -> None:
+    assert reasons(request(body))[field] == reason
+
+
+def test_error_info_reason_is_the_first_violation() -> None:
+    body = {
+        "get_event_metrics": {
+            "experiment_id": "e",
+            "variant": "v",
+            "metric": "m",
+            "hour": "2026-11-25T11:30:00Z",
+        }
+    }
+    with pytest.raises(InvalidArgument) as caught:
+        validated(request(body), now=NOW)
+    assert caught.value.reason == "HOUR_NOT_TRUNCATED"

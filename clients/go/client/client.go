@@ -1,121 +1,153 @@
-// Package client is a small typed wrapper over the generated
-// mcprouter.v1.RouterService stub: one method per common operation, a
-// default deadline on every call, and failed RPCs returned as *Error with
-// the server's ErrorInfo reason and BadRequest field violations.
+// Package client is the Go client of mcp-router: one typed method per
+// operation of mcprouter.v1.RouterService (the surface of the Python and
+// TypeScript clients), a default deadline on every call, retries on
+// UNAVAILABLE where a resend is safe, an x-request-id on every call, and
+// failed RPCs returned as *Error with the server's ErrorInfo reason,
+// BadRequest field violations and the request id.
 //
-//	c, err := client.Dial("127.0.0.1:50051")
+//	c, err := client.Dial("127.0.0.1:50051") // plaintext unless WithTLS
 //	if err != nil { ... }
 //	defer c.Close()
-//	resp, err := c.GetExperiment(ctx, "exp-1")
+//	served, err := c.GetExperiment(ctx, "exp-1")
+//	fmt.Println(served.Status, served.Value.GetName())
 package client
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 
-	pb "mcprouter/gen/mcprouter/v1"
+	pb "github.com/mcprouter/mcp-router/clients/go/gen/mcprouter/v1"
 )
 
 // DefaultTimeout bounds every call whose context has no deadline.
 const DefaultTimeout = 5 * time.Second
 
-// Client calls one mcp-router server.
+// RequestIDHeader names a call in the server's log; the server echoes it.
+const RequestIDHeader = "x-request-id"
+
+// Client calls one mcp-router server; it is safe for concurrent use.
 type Client struct {
-	conn *grpc.ClientConn
+	conn     *grpc.ClientConn
+	settings settings
+	health   healthpb.HealthClient
 	// Raw is the generated stub, for anything the wrapper does not cover.
 	Raw pb.RouterServiceClient
 }
 
-// Dial connects in plaintext to target (host:port); pass
-// grpc.WithTransportCredentials(...) in opts for TLS.
-func Dial(target string, opts ...grpc.DialOption) (*Client, error) {
-	if len(opts) == 0 {
-		opts = []grpc.DialOption{grpc.WithInsecure()}
+type settings struct {
+	tls      credentials.TransportCredentials
+	token    string
+	timeout  time.Duration
+	retry    *RetryPolicy
+	dialOpts []grpc.DialOption
+}
+
+// Option configures Dial. Options add to the defaults: plaintext, a 5 s
+// deadline, DefaultRetry.
+type Option func(*settings)
+
+// WithTLS dials with TLS (e.g. credentials.NewClientTLSFromFile) instead of plaintext.
+func WithTLS(creds credentials.TransportCredentials) Option {
+	return func(s *settings) { s.tls = creds }
+}
+
+// WithToken sends "authorization: Bearer <token>" with every call.
+func WithToken(token string) Option {
+	return func(s *settings) { s.token = token }
+}
+
+// WithTimeout sets the deadline of calls whose context has none.
+func WithTimeout(d time.Duration) Option {
+	return func(s *settings) { s.timeout = d }
+}
+
+// WithRetry replaces DefaultRetry; nil turns retries off.
+func WithRetry(policy *RetryPolicy) Option {
+	return func(s *settings) { s.retry = policy }
+}
+
+// WithDialOptions adds grpc.DialOptions (interceptors, message sizes, ...)
+// after the client's own; the transport stays plaintext unless WithTLS.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(s *settings) { s.dialOpts = append(s.dialOpts, opts...) }
+}
+
+// Dial connects to target (host:port). The connection is made lazily, on
+// the first call.
+func Dial(target string, opts ...Option) (*Client, error) {
+	policy := DefaultRetry
+	s := settings{timeout: DefaultTimeout, retry: &policy}
+	for _, opt := range opts {
+		opt(&s)
 	}
-	conn, err := grpc.Dial(target, opts...)
+	transport := grpc.WithInsecure()
+	if s.tls != nil {
+		transport = grpc.WithTransportCredentials(s.tls)
+	}
+	conn, err := grpc.Dial(target, append([]grpc.DialOption{transport}, s.dialOpts...)...)
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, Raw: pb.NewRouterServiceClient(conn)}, nil
+	return &Client{
+		conn:     conn,
+		settings: s,
+		health:   healthpb.NewHealthClient(conn),
+		Raw:      pb.NewRouterServiceClient(conn),
+	}, nil
 }
 
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 
-func withDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
+// prepare gives ctx the default deadline (when it has none), the token and
+// a request id (unless the caller's outgoing metadata names one).
+func (c *Client) prepare(ctx context.Context) (context.Context, context.CancelFunc, string) {
+	cancel := context.CancelFunc(func() {})
+	if _, ok := ctx.Deadline(); !ok {
+		ctx, cancel = context.WithTimeout(ctx, c.settings.timeout)
 	}
-	return context.WithTimeout(ctx, DefaultTimeout)
+	if c.settings.token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.settings.token)
+	}
+	md, _ := metadata.FromOutgoingContext(ctx)
+	if ids := md.Get(RequestIDHeader); len(ids) > 0 {
+		return ctx, cancel, ids[0]
+	}
+	id := newRequestID()
+	return metadata.AppendToOutgoingContext(ctx, RequestIDHeader, id), cancel, id
 }
 
-// RouteData sends any RouteData request.
-func (c *Client) RouteData(ctx context.Context, req *pb.RouteDataRequest) (*pb.RouteDataResponse, error) {
-	ctx, cancel := withDeadline(ctx)
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// invoke makes one logical call: attempts (when retryable) within the
+// context's deadline, errors translated with the request id.
+func invoke[T any](c *Client, ctx context.Context, retryable bool, call func(context.Context, ...grpc.CallOption) (T, error)) (T, error) {
+	ctx, cancel, requestID := c.prepare(ctx)
 	defer cancel()
-	resp, err := c.Raw.RouteData(ctx, req)
-	return resp, translate(err)
-}
-
-// GetExperiment reads an experiment (cached under experiment:{id}).
-func (c *Client) GetExperiment(ctx context.Context, experimentID string) (*pb.RouteDataResponse, error) {
-	return c.RouteData(ctx, &pb.RouteDataRequest{Operation: &pb.RouteDataRequest_GetExperiment{
-		GetExperiment: &pb.GetExperimentOperation{ExperimentId: experimentID}}})
-}
-
-// UpsertExperiment creates (Version 0) or updates an experiment.
-func (c *Client) UpsertExperiment(ctx context.Context, e *pb.Experiment) (*pb.RouteDataResponse, error) {
-	return c.RouteData(ctx, &pb.RouteDataRequest{Operation: &pb.RouteDataRequest_UpsertExperiment{
-		UpsertExperiment: &pb.UpsertExperimentOperation{Experiment: e}}})
-}
-
-// GetAssignment is the user's sticky variant, assigned on first request.
-func (c *Client) GetAssignment(ctx context.Context, experimentID, userID string) (*pb.RouteDataResponse, error) {
-	return c.RouteData(ctx, &pb.RouteDataRequest{Operation: &pb.RouteDataRequest_GetAssignment{
-		GetAssignment: &pb.GetAssignmentOperation{ExperimentId: experimentID, UserId: userID}}})
-}
-
-// TrackEvents records events; an event without a timestamp gets the current time.
-func (c *Client) TrackEvents(ctx context.Context, events ...*pb.Event) (*pb.RouteDataResponse, error) {
-	now := timestamppb.Now()
-	for _, e := range events {
-		if e.Timestamp == nil {
-			e.Timestamp = now
+	var policy *RetryPolicy
+	if retryable {
+		policy = c.settings.retry
+	}
+	var trailer metadata.MD
+	resp, err := withRetries(ctx, policy, func() (T, error) {
+		return call(ctx, grpc.Trailer(&trailer))
+	})
+	if err != nil {
+		if ids := trailer.Get(RequestIDHeader); len(ids) > 0 {
+			requestID = ids[0]
 		}
+		return resp, translate(err, requestID)
 	}
-	return c.RouteData(ctx, &pb.RouteDataRequest{Operation: &pb.RouteDataRequest_TrackEvents{
-		TrackEvents: &pb.TrackEventsOperation{Events: events}}})
-}
-
-// GetAnalytics reads one experiment's analytics for the UTC day of day.
-func (c *Client) GetAnalytics(ctx context.Context, experimentID string, day time.Time) (*pb.RouteDataResponse, error) {
-	return c.RouteData(ctx, &pb.RouteDataRequest{Operation: &pb.RouteDataRequest_GetAnalytics{
-		GetAnalytics: &pb.GetAnalyticsOperation{ExperimentId: experimentID, Day: timestamppb.New(day.UTC().Truncate(24 * time.Hour))}}})
-}
-
-// GetCached reads keys straight from the cache.
-func (c *Client) GetCached(ctx context.Context, keys ...string) (*pb.GetCachedResponse, error) {
-	ctx, cancel := withDeadline(ctx)
-	defer cancel()
-	resp, err := c.Raw.GetCached(ctx, &pb.GetCachedRequest{Keys: keys})
-	return resp, translate(err)
-}
-
-// InvalidateExperiment removes everything cached about an experiment.
-func (c *Client) InvalidateExperiment(ctx context.Context, experimentID string) (uint64, error) {
-	ctx, cancel := withDeadline(ctx)
-	defer cancel()
-	resp, err := c.Raw.Invalidate(ctx, &pb.InvalidateRequest{Target: &pb.InvalidateRequest_ExperimentId{ExperimentId: experimentID}})
-	return resp.GetRemoved(), translate(err)
-}
-
-// Stats reads the server's cache counters.
-func (c *Client) Stats(ctx context.Context) (*pb.StatsResponse, error) {
-	ctx, cancel := withDeadline(ctx)
-	defer cancel()
-	resp, err := c.Raw.Stats(ctx, &pb.StatsRequest{})
-	return resp, translate(err)
+	return resp, nil
 }

@@ -26,7 +26,12 @@ export interface FieldViolation {
   readonly field: string;
   /** Why the value is bad. */
   readonly description: string;
+  /** The kind of problem, e.g. `INVALID_ID`, `HOUR_NOT_TRUNCATED`; empty when absent. */
+  readonly reason: string;
 }
+
+/** The header that names a call in the server's log; echoed in the trailers. */
+export const REQUEST_ID_HEADER = "x-request-id";
 
 /** A failed RPC, with the server's `google.rpc` details decoded. */
 export class RouterError extends Error {
@@ -40,11 +45,14 @@ export class RouterError extends Error {
   readonly metadata: Readonly<Record<string, string>>;
   /** `BadRequest.field_violations`, for INVALID_ARGUMENT. */
   readonly fieldViolations: readonly FieldViolation[];
+  /** The call's `x-request-id` (the server's echo, else the one sent): find the call in the server log. */
+  readonly requestId: string;
 
-  constructor(cause: ConnectError) {
-    super(`${Code[cause.code] ?? cause.code}: ${cause.rawMessage}`, { cause });
+  constructor(cause: ConnectError, requestId = "") {
+    super(cause.rawMessage, { cause });
     this.name = "RouterError";
     this.code = cause.code;
+    this.requestId = cause.metadata.get(REQUEST_ID_HEADER) ?? requestId;
     let reason = "";
     let domain = "";
     let metadata: Record<string, string> = {};
@@ -68,18 +76,29 @@ export class RouterError extends Error {
     this.domain = domain;
     this.metadata = metadata;
     this.fieldViolations = fieldViolations;
+    // `NOT_FOUND (EXPERIMENT_NOT_FOUND): ... [request_id=...]`, as the Python
+    // client prints it; a reason that only repeats the code is left out.
+    const shown = reason && reason !== this.statusName ? ` (${reason})` : "";
+    const id = this.requestId ? ` [request_id=${this.requestId}]` : "";
+    this.message = `${this.statusName}${shown}: ${cause.rawMessage}${id}`;
   }
 
-  /** The name of the gRPC code, e.g. `NotFound`. */
+  /** The name of the gRPC code in Connect's spelling, e.g. `NotFound`. */
   get codeName(): string {
     return Code[this.code] ?? String(this.code);
+  }
+
+  /** The canonical gRPC status name, e.g. `NOT_FOUND` (as Python and Go spell it). */
+  get statusName(): string {
+    if (this.code === Code.Canceled) return "CANCELLED"; // gRPC's spelling
+    return this.codeName.replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
   }
 }
 
 /** `err` as a `RouterError` when it is a failed RPC, otherwise unchanged. */
-export function translateError(err: unknown): unknown {
+export function translateError(err: unknown, requestId = ""): unknown {
   if (err instanceof RouterError) return err;
-  if (err instanceof ConnectError) return new RouterError(err);
+  if (err instanceof ConnectError) return new RouterError(err, requestId);
   return err;
 }
 
@@ -116,20 +135,22 @@ function decodeErrorInfo(bytes: Uint8Array): { reason: string; domain: string; m
   return { reason, domain, metadata };
 }
 
-/** Decodes `google.rpc.BadRequest { repeated FieldViolation field_violations = 1; }`. */
+/** Decodes `google.rpc.BadRequest { repeated FieldViolation field_violations = 1; }` (field, description, reason). */
 function decodeBadRequest(bytes: Uint8Array): FieldViolation[] {
   const violations: FieldViolation[] = [];
   readStrings(bytes, (field, reader) => {
     if (field !== 1) return false;
     let path = "";
     let description = "";
+    let reason = "";
     readStrings(reader.bytes(), (violationField, violation) => {
       if (violationField === 1) path = violation.string();
       else if (violationField === 2) description = violation.string();
+      else if (violationField === 3) reason = violation.string();
       else return false;
       return true;
     });
-    violations.push({ field: path, description });
+    violations.push({ field: path, description, reason });
     return true;
   });
   return violations;

@@ -101,7 +101,7 @@ describe(`live server ${target || "(none)"}`, () => {
     await assert.rejects(client.getExperiment(`ts-missing-${run}`), (err: unknown) => {
       assert.ok(err instanceof RouterError);
       assert.equal(err.code, Code.NotFound);
-      assert.match(err.reason, /NOT_FOUND$/);
+      assert.equal(err.reason, "EXPERIMENT_NOT_FOUND");
       assert.equal(err.domain, "mcprouter.v1");
       return true;
     });
@@ -110,6 +110,36 @@ describe(`live server ${target || "(none)"}`, () => {
       assert.equal(err.code, Code.InvalidArgument);
       assert.ok(err.fieldViolations.length >= 1, "a BadRequest field violation");
       assert.match(err.fieldViolations[0]!.field, /experiment_id/);
+      return true;
+    });
+  });
+
+  test("health, and errors that name the problem once, with the request id", { skip }, async () => {
+    assert.equal(await client.health(), "SERVING");
+    assert.equal(await client.health("postgres"), "SERVING");
+    await assert.rejects(client.getExperiment(`ts-missing-${run}`, { headers: { "x-request-id": `ts-${run}` } }), (err: unknown) => {
+      assert.ok(err instanceof RouterError);
+      assert.equal(err.statusName, "NOT_FOUND");
+      assert.equal(err.reason, "EXPERIMENT_NOT_FOUND");
+      assert.equal(err.requestId, `ts-${run}`);
+      assert.match(err.message, /^NOT_FOUND \(EXPERIMENT_NOT_FOUND\): .* \[request_id=ts-/);
+      return true;
+    });
+  });
+
+  test("what the server rejects is sent as given, not fixed up", { skip }, async () => {
+    const notTruncated = new Date(Math.floor(Date.now() / 3_600_000) * 3_600_000 - 30 * 60_000);
+    await assert.rejects(client.getEventMetrics(experimentId, "control", "click", notTruncated), (err: unknown) => {
+      assert.ok(err instanceof RouterError);
+      assert.equal(err.reason, "HOUR_NOT_TRUNCATED");
+      assert.equal(err.fieldViolations[0]?.reason, "HOUR_NOT_TRUNCATED");
+      return true;
+    });
+    const noTimestamp = { eventId: `ts-nots-${run}`, experimentId, userId: "u", variant: "control", eventType: "click" };
+    await assert.rejects(client.trackEvents(noTimestamp), (err: unknown) => {
+      assert.ok(err instanceof RouterError);
+      assert.equal(err.reason, "MISSING_FIELD");
+      assert.equal(err.fieldViolations[0]?.field, "track_events.events[0].timestamp");
       return true;
     });
   });

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -78,7 +79,63 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PEM",
         help="connect with TLS, verifying the server against this CA file",
     )
+    _cache_parser(commands)
     return parser
+
+
+def _cache_parser(commands: Any) -> None:
+    cache = commands.add_parser(
+        "cache",
+        help="look inside the cache: get, ttl, scan, stats (read-only, any Redis)",
+        description="Decode cached values (the CacheEnvelope and its typed payload) to JSON, "
+        "show TTLs and freshness, scan a key family (SCAN, bounded by --limit), and count "
+        "keys per family. Keys are given as clients see them; --namespace is added in front.",
+    )
+    cache.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL"),
+        help="redis://host:port/db [default: $REDIS_URL]",
+    )
+    cache.add_argument(
+        "--namespace",
+        default=os.environ.get("KEY_NAMESPACE", ""),
+        help="the server's KEY_NAMESPACE, e.g. 'prod:' [default: $KEY_NAMESPACE]",
+    )
+    actions = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    get = actions.add_parser("get", help="envelope, TTL, freshness and decoded value of keys")
+    get.add_argument("keys", nargs="+", metavar="KEY", help="e.g. experiment:checkout-v2")
+    ttl = actions.add_parser("ttl", help="TTL and fresh/stale state of keys")
+    ttl.add_argument("keys", nargs="+", metavar="KEY")
+    scan = actions.add_parser("scan", help="list keys of one family or pattern (SCAN)")
+    scan.add_argument(
+        "keys",
+        nargs=1,
+        metavar="FAMILY_OR_PATTERN",
+        help="experiment, metrics:checkout-v2:*, _dedup, ...",
+    )
+    scan.add_argument("--limit", type=int, default=100, help="stop after this many keys")
+    stats = actions.add_parser("stats", help="Redis memory, key count, keys per family")
+    stats.add_argument("--limit", type=int, default=100_000, help="keys scanned at most")
+    stats.set_defaults(keys=[])
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from mcprouter.server import inspector
+
+    if not args.redis_url:
+        print("mcp-router cache: set --redis-url or REDIS_URL", file=sys.stderr)
+        return 2
+    try:
+        return inspector.run(
+            args.cache_command,
+            args.keys,
+            url=args.redis_url,
+            namespace=args.namespace,
+            limit=getattr(args, "limit", 100),
+        )
+    except ValueError as exc:
+        print(f"mcp-router cache: {exc}", file=sys.stderr)
+        return 2
 
 
 def _health(address: str, service: str, timeout: float) -> int:
@@ -151,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "health":
         sys.exit(_health(args.address, args.service, args.timeout))
+    if args.command == "cache":
+        sys.exit(_cache(args))
     if args.command == "demo":
         from mcprouter.demo import main as demo_main
 

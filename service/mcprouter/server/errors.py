@@ -32,10 +32,16 @@ ERROR_DOMAIN = "mcprouter.v1"
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
-    """One bad field of a request: its path (``get_experiment.experiment_id``) and why."""
+    """One bad field of a request: its path (``get_experiment.experiment_id``), why, and its kind.
+
+    ``reason`` is the stable UPPER_SNAKE kind of the problem (``INVALID_ID``,
+    ``HOUR_NOT_TRUNCATED``...; the list is in ``validation.Reason``); it goes on
+    the wire as ``BadRequest.FieldViolation.reason``.
+    """
 
     field: str
     description: str
+    reason: str = "INVALID_ARGUMENT"
 
 
 class RouterError(Exception):
@@ -75,13 +81,21 @@ class InvalidArgument(RouterError):
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
         if len(violations) > 5:
             summary += f"; and {len(violations) - 5} more"
-        super().__init__(f"invalid request: {summary}", reason=reason, metadata=metadata)
+        # The ErrorInfo names the first problem's kind, so a caller can branch
+        # on one string; every violation keeps its own reason in the BadRequest.
+        super().__init__(
+            f"invalid request: {summary}",
+            reason=reason or violations[0].reason,
+            metadata=metadata,
+        )
         self.violations = violations
 
     @classmethod
-    def single(cls, field: str, description: str) -> InvalidArgument:
+    def single(
+        cls, field: str, description: str, reason: str = "INVALID_ARGUMENT"
+    ) -> InvalidArgument:
         """Build the common one-violation error."""
-        return cls([FieldViolation(field, description)])
+        return cls([FieldViolation(field, description, reason)])
 
 
 class NotFound(RouterError):

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 
 from mcprouter.server import request_checks as checks
 from mcprouter.server.errors import InvalidArgument
-from mcprouter.server.validation import Violations
+from mcprouter.server.validation import Reason, Violations
 from mcprouter.v1 import router_service_pb2 as rs
 
 Check = Callable[[Violations, Any, datetime], None]
@@ -162,7 +162,9 @@ def validated(request: rs.RouteDataRequest, *, now: datetime | None = None) -> O
     case = request.WhichOneof("operation")
     if case is None:
         raise InvalidArgument.single(
-            "operation", "exactly one operation must be set (see RouteDataRequest.operation)"
+            "operation",
+            "exactly one operation must be set (see RouteDataRequest.operation)",
+            Reason.MISSING_FIELD,
         )
     operation = BY_NAME[case]
     violations = Violations()

@@ -35,7 +35,7 @@ from mcprouter.server.limits import (
     MAX_METADATA_ENTRIES,
     MAX_METADATA_VALUE_LENGTH,
 )
-from mcprouter.server.validation import Violations
+from mcprouter.server.validation import Reason, Violations
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import search_pb2 as search
 
@@ -56,23 +56,23 @@ def _timestamp(
     v: Violations, field: str, ts: Timestamp, present: bool, *, now: datetime
 ) -> datetime | None:
     if not present:
-        v.add(field, "is required")
+        v.required(field)
         return None
     if not 0 <= ts.nanos < 1_000_000_000:
-        v.add(field, "has nanos out of range")
+        v.add(field, "has nanos out of range", Reason.INVALID_TIMESTAMP)
         return None
     # Compared as seconds first: ToDatetime raises on seconds outside years
     # 1..9999, which a client can send (found by the fuzz test).
     latest = now + MAX_CLOCK_SKEW
     if ts.seconds < _EARLIEST_SECONDS:
-        v.add(field, "must not be before 2000-01-01T00:00:00Z")
+        v.add(field, "must not be before 2000-01-01T00:00:00Z", Reason.INVALID_TIMESTAMP)
         return None
     if ts.seconds > latest.timestamp():
-        v.add(field, "must not be more than 1 hour in the future")
+        v.add(field, "must not be more than 1 hour in the future", Reason.INVALID_TIMESTAMP)
         return None
     moment = ts.ToDatetime(tzinfo=UTC)
     if moment > latest:
-        v.add(field, "must not be more than 1 hour in the future")
+        v.add(field, "must not be more than 1 hour in the future", Reason.INVALID_TIMESTAMP)
     return moment
 
 
@@ -94,7 +94,7 @@ def get_event_metrics(v: Violations, op: rs.GetEventMetricsOperation, now: datet
     v.identifier(f"{p}.metric", op.metric)
     hour = _timestamp(v, f"{p}.hour", op.hour, op.HasField("hour"), now=now)
     if hour is not None and (hour.minute or hour.second or hour.microsecond):
-        v.add(f"{p}.hour", "must be truncated to the hour (UTC)")
+        v.add(f"{p}.hour", "must be truncated to the hour (UTC)", Reason.HOUR_NOT_TRUNCATED)
 
 
 def get_analytics(v: Violations, op: rs.GetAnalyticsOperation, now: datetime) -> None:
@@ -102,22 +102,31 @@ def get_analytics(v: Violations, op: rs.GetAnalyticsOperation, now: datetime) ->
     v.identifier("get_analytics.experiment_id", op.experiment_id)
     day = _timestamp(v, "get_analytics.day", op.day, op.HasField("day"), now=now)
     if day is not None and (day.hour or day.minute or day.second or day.microsecond):
-        v.add("get_analytics.day", "must be truncated to midnight (UTC)")
+        v.add("get_analytics.day", "must be truncated to midnight (UTC)", Reason.DAY_NOT_TRUNCATED)
 
 
 def _vector(v: Violations, field: str, values: Any) -> None:
-    v.count(field, len(values), 1, MAX_DIMENSION)
+    if not 1 <= len(values) <= MAX_DIMENSION:
+        v.add(
+            field,
+            f"must hold 1..{MAX_DIMENSION} elements, got {len(values)}",
+            Reason.INVALID_EMBEDDING,
+        )
     # One pass finds the first bad component; a 4096-long list is cheap.
     for index, component in enumerate(values):
         if not math.isfinite(component):
-            v.add(f"{field}[{index}]", "must be a finite number")
+            v.add(f"{field}[{index}]", "must be a finite number", Reason.INVALID_EMBEDDING)
             break
 
 
 def _metadata_value(v: Violations, field: str, value: search.MetadataValue) -> None:
     kind = value.WhichOneof("kind")
     if kind is None:
-        v.add(field, "must set one of string_value, int_value, double_value, bool_value")
+        v.add(
+            field,
+            "must set one of string_value, int_value, double_value, bool_value",
+            Reason.MISSING_FIELD,
+        )
     elif kind == "double_value":
         v.finite(field, value.double_value)
     elif kind == "string_value":
@@ -131,7 +140,7 @@ def _filter(v: Violations, field: str, flt: search.MetadataFilter) -> None:
         v.identifier(f"{at}.key", cond.key)
         if cond.operator in _SCALAR_OPERATORS:
             if not cond.HasField("value"):
-                v.add(f"{at}.value", "is required for this operator")
+                v.add(f"{at}.value", "is required for this operator", Reason.MISSING_FIELD)
             else:
                 _metadata_value(v, f"{at}.value", cond.value)
         elif cond.operator in _LIST_OPERATORS:
@@ -139,7 +148,7 @@ def _filter(v: Violations, field: str, flt: search.MetadataFilter) -> None:
             for j, item in enumerate(cond.values[:MAX_FILTER_VALUES]):
                 _metadata_value(v, f"{at}.values[{j}]", item)
         else:
-            v.add(f"{at}.operator", "must be a known FILTER_OPERATOR_* value")
+            v.add(f"{at}.operator", "must be a known FILTER_OPERATOR_* value", Reason.INVALID_ENUM)
 
 
 def semantic_search(v: Violations, op: rs.SemanticSearchOperation, now: datetime) -> None:
@@ -147,7 +156,7 @@ def semantic_search(v: Violations, op: rs.SemanticSearchOperation, now: datetime
     check_collection(v, "semantic_search.collection", op.collection)
     _vector(v, "semantic_search.embedding", op.embedding)
     if not 1 <= op.k <= MAX_K:
-        v.add("semantic_search.k", f"must be 1..{MAX_K}, got {op.k}")
+        v.add("semantic_search.k", f"must be 1..{MAX_K}, got {op.k}", Reason.OUT_OF_RANGE)
     if op.HasField("filter"):
         _filter(v, "semantic_search.filter", op.filter)
 
@@ -166,7 +175,7 @@ def track_events(v: Violations, op: rs.TrackEventsOperation, now: datetime) -> N
 def upsert_experiment(v: Violations, op: rs.UpsertExperimentOperation, now: datetime) -> None:
     """Check a ``upsert_experiment`` operation."""
     if not op.HasField("experiment"):
-        v.add("upsert_experiment.experiment", "is required")
+        v.required("upsert_experiment.experiment")
     else:
         check_experiment(v, op.experiment, "upsert_experiment.experiment")
 
@@ -174,7 +183,7 @@ def upsert_experiment(v: Violations, op: rs.UpsertExperimentOperation, now: date
 def upsert_user_profile(v: Violations, op: rs.UpsertUserProfileOperation, now: datetime) -> None:
     """Check a ``upsert_user_profile`` operation."""
     if not op.HasField("profile"):
-        v.add("upsert_user_profile.profile", "is required")
+        v.required("upsert_user_profile.profile")
     else:
         check_user_profile(v, op.profile, "upsert_user_profile.profile")
 
@@ -193,7 +202,11 @@ def upsert_embeddings(v: Violations, op: rs.UpsertEmbeddingsOperation, now: date
             v.add(f"{at}.id", f"duplicates items[{seen}].id {item.id!r}")
         _vector(v, f"{at}.embedding", item.embedding)
         if len(item.embedding) != dimension:
-            v.add(f"{at}.embedding", f"has dimension {len(item.embedding)}, items[0] {dimension}")
+            v.add(
+                f"{at}.embedding",
+                f"has dimension {len(item.embedding)}, items[0] {dimension}",
+                Reason.INVALID_EMBEDDING,
+            )
         if item.HasField("document"):
             v.text(f"{at}.document", item.document, MAX_DOCUMENT_LENGTH)
         v.count(f"{at}.metadata", len(item.metadata), 0, MAX_METADATA_ENTRIES)
@@ -218,7 +231,7 @@ def validate_get_cached(request: rs.GetCachedRequest) -> None:
     v.count("keys", len(request.keys), 1, MAX_KEYS_PER_CALL)
     for i, key in enumerate(request.keys[:MAX_KEYS_PER_CALL]):
         if problem := keys.key_problem(key):
-            v.add(f"keys[{i}]", problem)
+            v.add(f"keys[{i}]", problem, Reason.INVALID_KEY)
     v.raise_if_any()
 
 
@@ -227,15 +240,19 @@ def validate_invalidate(request: rs.InvalidateRequest) -> str:
     case = request.WhichOneof("target")
     v = Violations()
     if case is None:
-        v.add("target", "exactly one of keys, pattern, experiment_id, user_id, collection")
+        v.add(
+            "target",
+            "exactly one of keys, pattern, experiment_id, user_id, collection",
+            Reason.MISSING_FIELD,
+        )
     elif case == "keys":
         v.count("keys.keys", len(request.keys.keys), 1, MAX_KEYS_PER_CALL)
         for i, key in enumerate(request.keys.keys[:MAX_KEYS_PER_CALL]):
             if problem := keys.key_problem(key):
-                v.add(f"keys.keys[{i}]", problem)
+                v.add(f"keys.keys[{i}]", problem, Reason.INVALID_KEY)
     elif case == "pattern":
         if problem := keys.pattern_problem(request.pattern):
-            v.add("pattern", problem)
+            v.add("pattern", problem, Reason.INVALID_PATTERN)
     else:
         v.identifier(case, getattr(request, case))
     v.raise_if_any()

@@ -16,10 +16,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"mcprouter/assignment"
-	"mcprouter/client"
-	pb "mcprouter/gen/mcprouter/v1"
+	"github.com/mcprouter/mcp-router/clients/go/assignment"
+	"github.com/mcprouter/mcp-router/clients/go/client"
+	pb "github.com/mcprouter/mcp-router/clients/go/gen/mcprouter/v1"
 )
 
 func main() {
@@ -42,7 +43,7 @@ func envOr(name, fallback string) string {
 
 func run(target, experimentID string) error {
 	ctx := context.Background()
-	c, err := client.Dial(target)
+	c, err := client.Dial(target, client.WithTimeout(10*time.Second))
 	if err != nil {
 		return err
 	}
@@ -56,17 +57,17 @@ func run(target, experimentID string) error {
 	if err != nil {
 		return fmt.Errorf("upsert: %w", err)
 	}
-	exp := up.GetExperiment()
-	fmt.Printf("upsert %s: %s (version %d)\n", experimentID, up.GetStatus(), exp.GetVersion())
-	if up.GetStatus() != pb.ServeStatus_SERVE_STATUS_STORED {
-		return fmt.Errorf("upsert answered %s", up.GetStatus())
+	exp := up.Value
+	fmt.Printf("upsert %s: %s (version %d)\n", experimentID, up.Status, exp.GetVersion())
+	if up.Status != pb.ServeStatus_SERVE_STATUS_STORED {
+		return fmt.Errorf("upsert answered %s", up.Status)
 	}
 
 	got, err := c.GetExperiment(ctx, experimentID)
 	if err != nil {
 		return fmt.Errorf("get: %w", err)
 	}
-	fmt.Printf("get %s: %s (cache key %s)\n", experimentID, got.GetStatus(), got.GetCacheKey())
+	fmt.Printf("get %s: %s (cache key %s)\n", experimentID, got.Status, got.CacheKey)
 
 	local := make([]assignment.Variant, len(variants))
 	for i, v := range variants {
@@ -77,7 +78,7 @@ func run(target, experimentID string) error {
 		if err != nil {
 			return fmt.Errorf("assign %s: %w", user, err)
 		}
-		a := resp.GetAssignment()
+		a := resp.Value
 		bucket, name, err := assignment.Assign(exp.GetSalt(), user, local)
 		if err != nil {
 			return err
@@ -94,12 +95,12 @@ func run(target, experimentID string) error {
 	for _, expected := range want {
 		resp, err := c.TrackEvents(ctx, &pb.Event{
 			EventId: eventID, ExperimentId: experimentID, UserId: "alice",
-			Variant: variant, EventType: "conversion", Value: 1,
+			Variant: variant, EventType: "conversion", Value: 1, Timestamp: timestamppb.Now(),
 		})
 		if err != nil {
 			return fmt.Errorf("track: %w", err)
 		}
-		status := resp.GetTrackEventsResult().GetOutcomes()[0].GetStatus()
+		status := resp.Value.GetOutcomes()[0].GetStatus()
 		fmt.Printf("track %s: %s\n", eventID, status)
 		if status != expected {
 			return fmt.Errorf("track answered %s, want %s", status, expected)
@@ -111,7 +112,13 @@ func run(target, experimentID string) error {
 	if !errors.As(err, &rpcErr) || rpcErr.Code != codes.NotFound || rpcErr.Reason == "" {
 		return fmt.Errorf("a missing experiment answered %v, want NOT_FOUND with a reason", err)
 	}
-	fmt.Printf("missing experiment: %s, reason %s, domain %s\n", rpcErr.Code, rpcErr.Reason, rpcErr.Domain)
+	fmt.Printf("missing experiment: %v\n", rpcErr)
+
+	health, err := c.Health(ctx, "")
+	if err != nil || health != "SERVING" {
+		return fmt.Errorf("health answered %q, %v", health, err)
+	}
+	fmt.Println("health:", health)
 
 	stats, err := c.Stats(ctx)
 	if err != nil {

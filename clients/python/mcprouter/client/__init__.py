@@ -13,15 +13,17 @@ Example:
     ...     print(first.status_name, second.status_name)
     FRESH CACHED
 
-``RouteData`` operations return a ``Served`` (``value``, ``status``,
-``cache_key``, ``stored_at``); ``get_cached`` and ``stats`` return their
-response messages, ``invalidate`` the number of keys removed and ``health``
-the status name. Failures raise ``RouterError`` subclasses (see
-``mcprouter.client._errors`` for the tree). The request and result messages
-of the contract are re-exported here for convenience.
+``SyncRouterClient`` has the same methods, blocking. ``RouteData``
+operations return a ``Served`` (``value``, ``status``, ``cache_key``,
+``stored_at``); ``get_cached`` and ``stats`` return their response messages,
+``invalidate`` the number of keys removed and ``health`` the status name.
+Failures raise ``RouterError`` subclasses (see ``mcprouter.client._errors``
+for the tree) carrying the call's ``request_id``. The request and result
+messages of the contract are re-exported here for convenience.
 """
 
-from mcprouter.client._client import RouterClient, current_hour, today
+from mcprouter.client._calls import Metadata
+from mcprouter.client._client import RouterClient
 from mcprouter.client._config import IDEMPOTENT_METHODS, RetryPolicy, TlsConfig, service_config
 from mcprouter.client._errors import (
     ERROR_DOMAIN,
@@ -42,7 +44,9 @@ from mcprouter.client._errors import (
     error_class,
     from_rpc_error,
 )
+from mcprouter.client._operations import current_hour, today
 from mcprouter.client._results import Served, status_name
+from mcprouter.client._sync import SyncRouterClient
 from mcprouter.v1.events_pb2 import (
     Analytics,
     Event,
@@ -99,6 +103,7 @@ __all__ = [
     "GetCachedResponse",
     "Internal",
     "InvalidArgument",
+    "Metadata",
     "MetadataCondition",
     "MetadataFilter",
     "MetadataValue",
@@ -113,6 +118,7 @@ __all__ = [
     "ServeStatus",
     "Served",
     "StatsResponse",
+    "SyncRouterClient",
     "TlsConfig",
     "TrackEventsResult",
     "Unauthenticated",

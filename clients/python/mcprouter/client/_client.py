@@ -7,18 +7,19 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mcprouter.client import _health
+from mcprouter.client import _operations as ops
+from mcprouter.client._calls import Metadata, credentials, with_request_id
 from mcprouter.client._config import RetryPolicy, TlsConfig, channel_options
-from mcprouter.client._errors import Internal, Unavailable, from_rpc_error
-from mcprouter.client._results import Served, served
+from mcprouter.client._errors import Unavailable, from_rpc_error
+from mcprouter.client._results import Served
 from mcprouter.client._retry import call_with_retries
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import router_service_pb2_grpc as rs_grpc
@@ -32,40 +33,30 @@ from mcprouter.v1.search_pb2 import (
 )
 
 R = TypeVar("R", bound=Message)
+T = TypeVar("T", bound=Message)
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_RETRY = RetryPolicy()
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)  # naive datetimes are taken as UTC
-    return stamp
-
-
-def current_hour() -> datetime:
-    """The current UTC hour, truncated (what ``get_event_metrics`` wants)."""
-    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def today() -> datetime:
-    """Midnight of the current UTC day (what ``get_analytics`` wants)."""
-    return current_hour().replace(hour=0)
 
 
 class RouterClient:
     """Async client of mcp-router: one typed method per operation.
 
-    Every method takes a ``timeout`` (seconds, default ``default_timeout``)
-    that bounds the whole call, retries included, and raises a
-    ``RouterError`` subclass on failure. ``RouteData`` operations return a
-    ``Served`` (value, ``status``, ``cache_key``, ``stored_at``); the other
-    RPCs return their response message.
+    ``SyncRouterClient`` has the same methods, blocking. Every method takes a
+    ``timeout`` (seconds, default ``default_timeout``) that bounds the whole
+    call, retries included, and ``metadata`` (extra ``(key, value)`` pairs
+    for this call only), and raises a ``RouterError`` subclass carrying the
+    call's ``request_id``. ``RouteData`` operations return a ``Served``
+    (value, ``status``, ``cache_key``, ``stored_at``); the other RPCs return
+    their response message.
 
-    Retries happen on ``UNAVAILABLE`` only and only for idempotent calls:
-    the reads of ``RouteData`` (retried by this class, because one gRPC
-    method carries reads and writes alike), and ``GetCached``,
-    ``Invalidate``, ``Stats`` and health ``Check`` (retried by the channel's
-    service config). Writes (``track_events``, upserts) are made once.
+    Retries happen on ``UNAVAILABLE`` only, and only where a resend is safe:
+    the reads of ``RouteData`` and ``track_events`` (the server deduplicates
+    events by id, and answers ``UNAVAILABLE``/``EVENTS_IN_FLIGHT`` while an
+    earlier attempt of the same events is pending), retried by this class
+    because one gRPC method carries reads and writes alike; ``GetCached``,
+    ``Invalidate``, ``Stats`` and health ``Check`` are retried by the
+    channel's service config. The version-checked upserts and
+    ``upsert_embeddings`` are sent once.
 
     Example:
         >>> async with RouterClient.connect("localhost:50051") as client:
@@ -80,7 +71,7 @@ class RouterClient:
         *,
         default_timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = DEFAULT_RETRY,
-        metadata: Sequence[tuple[str, str]] = (),
+        metadata: Metadata = (),
         owns_channel: bool = False,
     ) -> None:
         """Use an existing channel; prefer ``RouterClient.connect``.
@@ -89,7 +80,8 @@ class RouterClient:
             channel: The channel to call through. Service-config retries of
                 the idempotent RPCs are whatever that channel was built with.
             default_timeout: Seconds a call may take when it names no timeout.
-            retry: Retry policy of ``RouteData`` reads; ``None`` disables it.
+            retry: Retry policy of ``RouteData`` reads and ``track_events``;
+                ``None`` disables it.
             metadata: Sent with every call (e.g. an ``authorization`` header).
             owns_channel: Close ``channel`` in ``close()`` (``connect`` sets it).
         """
@@ -97,7 +89,7 @@ class RouterClient:
             raise ValueError("default_timeout must be positive")
         self._channel = channel
         self._stub = rs_grpc.RouterServiceStub(channel)
-        self._health = health_pb2_grpc.HealthStub(channel)
+        self._check = channel.unary_unary(_health.CHECK_METHOD, None, None)
         self._default_timeout = default_timeout
         self._retry = retry
         self._metadata = tuple(metadata)
@@ -114,6 +106,7 @@ class RouterClient:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         options: Sequence[tuple[str, Any]] = (),
+        metadata: Metadata = (),
     ) -> RouterClient:
         """Open a channel to ``target`` (``host:port``); use it as ``async with``.
 
@@ -129,6 +122,7 @@ class RouterClient:
             interceptors: grpc.aio client interceptors (they see every
                 client-side attempt; service-config retries happen below them).
             options: Extra channel options, e.g. ``("grpc.max_receive_message_length", n)``.
+            metadata: Sent with every call, before each call's own ``metadata``.
 
         Example:
             >>> async with RouterClient.connect(
@@ -138,27 +132,20 @@ class RouterClient:
             SERVING
         """
         channel_opts = channel_options(retry, tls, tuple(options))
-        metadata: tuple[tuple[str, str], ...] = ()
-        if tls is None:
-            if token is not None:
-                metadata = (("authorization", f"Bearer {token}"),)
+        creds, auth = credentials(token, tls)
+        if creds is None:
             channel = grpc.aio.insecure_channel(
                 target, options=channel_opts, interceptors=interceptors
             )
         else:
-            credentials = tls.credentials()
-            if token is not None:
-                credentials = grpc.composite_channel_credentials(
-                    credentials, grpc.access_token_call_credentials(token)
-                )
             channel = grpc.aio.secure_channel(
-                target, credentials, options=channel_opts, interceptors=interceptors
+                target, creds, options=channel_opts, interceptors=interceptors
             )
         return cls(
             channel,
             default_timeout=default_timeout,
             retry=retry,
-            metadata=metadata,
+            metadata=(*auth, *metadata),
             owns_channel=True,
         )
 
@@ -188,27 +175,30 @@ class RouterClient:
         except TimeoutError as exc:
             raise Unavailable("the channel did not connect in time") from exc
 
-    # -- RouteData: reads (retried on UNAVAILABLE) ---------------------------------------
+    # -- RouteData: reads (resent on UNAVAILABLE) -------------------------------------------
 
     async def get_experiment(
-        self, experiment_id: str, *, timeout: float | None = None
+        self, experiment_id: str, *, timeout: float | None = None, metadata: Metadata = ()
     ) -> Served[Experiment]:
         """Read an experiment (PostgreSQL; cached as ``experiment:{id}``).
 
         Raises:
-            NotFound: No such experiment.
-            InvalidArgument: A malformed id.
+            NotFound: No such experiment (reason ``EXPERIMENT_NOT_FOUND``).
+            InvalidArgument: A malformed id (reason ``INVALID_ID``).
 
         Example:
             >>> (await client.get_experiment("checkout-v2")).value.variants[0].name
             'control'
         """
-        op = rs.GetExperimentOperation(experiment_id=experiment_id)
-        response = await self._route(rs.RouteDataRequest(get_experiment=op), True, timeout)
-        return served(response, _result(response, "experiment", response.experiment))
+        return await self._route(ops.get_experiment(experiment_id), timeout, metadata)
 
     async def get_assignment(
-        self, experiment_id: str, user_id: str, *, timeout: float | None = None
+        self,
+        experiment_id: str,
+        user_id: str,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
     ) -> Served[Assignment]:
         """The user's sticky variant, assigned on first request (experiment must be RUNNING).
 
@@ -216,17 +206,13 @@ class RouterClient:
             >>> (await client.get_assignment("checkout-v2", "user-42")).value.variant
             'treatment'
         """
-        op = rs.GetAssignmentOperation(experiment_id=experiment_id, user_id=user_id)
-        response = await self._route(rs.RouteDataRequest(get_assignment=op), True, timeout)
-        return served(response, _result(response, "assignment", response.assignment))
+        return await self._route(ops.get_assignment(experiment_id, user_id), timeout, metadata)
 
     async def get_user_profile(
-        self, user_id: str, *, timeout: float | None = None
+        self, user_id: str, *, timeout: float | None = None, metadata: Metadata = ()
     ) -> Served[UserProfile]:
         """Read a user profile (PostgreSQL; cached as ``user:{id}:profile``)."""
-        op = rs.GetUserProfileOperation(user_id=user_id)
-        response = await self._route(rs.RouteDataRequest(get_user_profile=op), True, timeout)
-        return served(response, _result(response, "user_profile", response.user_profile))
+        return await self._route(ops.get_user_profile(user_id), timeout, metadata)
 
     async def get_event_metrics(
         self,
@@ -236,6 +222,7 @@ class RouterClient:
         hour: datetime | None = None,
         *,
         timeout: float | None = None,
+        metadata: Metadata = (),
     ) -> Served[EventMetrics]:
         """Count, sum and unique users of one metric (an event type) in one UTC hour.
 
@@ -243,35 +230,37 @@ class RouterClient:
             experiment_id: The experiment.
             variant: The variant.
             metric: The event type aggregated, e.g. ``"conversion"``.
-            hour: The hour, truncated (naive means UTC); default: the current hour.
+            hour: The hour, truncated (naive means UTC; one that is not
+                truncated is refused with ``HOUR_NOT_TRUNCATED``, not
+                rounded); default: the current hour.
             timeout: Seconds for the call.
+            metadata: Extra metadata of this call.
 
         Example:
             >>> m = (await client.get_event_metrics("checkout-v2", "treatment", "conversion")).value
             >>> m.count, m.sum, m.unique_users
             (12, 113.5, 11)
         """
-        op = rs.GetEventMetricsOperation(
-            experiment_id=experiment_id,
-            variant=variant,
-            metric=metric,
-            hour=_timestamp(hour or current_hour()),
-        )
-        response = await self._route(rs.RouteDataRequest(get_event_metrics=op), True, timeout)
-        return served(response, _result(response, "event_metrics", response.event_metrics))
+        op = ops.get_event_metrics(experiment_id, variant, metric, hour)
+        return await self._route(op, timeout, metadata)
 
     async def get_analytics(
-        self, experiment_id: str, day: datetime | None = None, *, timeout: float | None = None
+        self,
+        experiment_id: str,
+        day: datetime | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
     ) -> Served[Analytics]:
         """Per-variant conversion, lift and significance for one UTC day (default: today).
+
+        A ``day`` that is not midnight UTC is refused (``DAY_NOT_TRUNCATED``).
 
         Example:
             >>> for v in (await client.get_analytics("checkout-v2")).value.variants:
             ...     print(v.variant, v.conversion_rate, v.p_value)
         """
-        op = rs.GetAnalyticsOperation(experiment_id=experiment_id, day=_timestamp(day or today()))
-        response = await self._route(rs.RouteDataRequest(get_analytics=op), True, timeout)
-        return served(response, _result(response, "analytics", response.analytics))
+        return await self._route(ops.get_analytics(experiment_id, day), timeout, metadata)
 
     async def search(
         self,
@@ -281,6 +270,7 @@ class RouterClient:
         *,
         filter: MetadataFilter | None = None,
         timeout: float | None = None,
+        metadata: Metadata = (),
     ) -> Served[SearchResult]:
         """The ``k`` nearest items of ``collection`` to ``embedding`` (ChromaDB, cached).
 
@@ -289,20 +279,16 @@ class RouterClient:
             >>> hits[0].id, hits[0].document
             ('h1', 'bigger button')
         """
-        op = rs.SemanticSearchOperation(
-            collection=collection, embedding=list(embedding), k=k, filter=filter
-        )
-        response = await self._route(rs.RouteDataRequest(semantic_search=op), True, timeout)
-        return served(response, _result(response, "search_result", response.search_result))
+        return await self._route(ops.search(collection, embedding, k, filter), timeout, metadata)
 
-    # -- RouteData: writes (made once) ----------------------------------------------------
+    # -- RouteData: writes ----------------------------------------------------------------
 
     async def upsert_experiment(
-        self, experiment: Experiment, *, timeout: float | None = None
+        self, experiment: Experiment, *, timeout: float | None = None, metadata: Metadata = ()
     ) -> Served[Experiment]:
         """Create (``version=0``) or update (the ``version`` last read) an experiment.
 
-        Not retried: if a timed-out attempt had committed, a retry would fail
+        Not resent: if a timed-out attempt had committed, a resend would fail
         with ``Aborted`` (its version is stale by then).
 
         Raises:
@@ -317,12 +303,10 @@ class RouterClient:
             >>> stored.status_name, stored.value.version
             ('STORED', 1)
         """
-        op = rs.UpsertExperimentOperation(experiment=experiment)
-        response = await self._route(rs.RouteDataRequest(upsert_experiment=op), False, timeout)
-        return served(response, _result(response, "experiment", response.experiment))
+        return await self._route(ops.upsert_experiment(experiment), timeout, metadata)
 
     async def upsert_user_profile(
-        self, profile: UserProfile, *, timeout: float | None = None
+        self, profile: UserProfile, *, timeout: float | None = None, metadata: Metadata = ()
     ) -> Served[UserProfile]:
         """Create (``version=0``) or update (the ``version`` last read) a user profile.
 
@@ -330,18 +314,24 @@ class RouterClient:
             >>> await client.upsert_user_profile(
             ...     UserProfile(user_id="user-42", attributes={"country": "NL"}))
         """
-        op = rs.UpsertUserProfileOperation(profile=profile)
-        response = await self._route(rs.RouteDataRequest(upsert_user_profile=op), False, timeout)
-        return served(response, _result(response, "user_profile", response.user_profile))
+        return await self._route(ops.upsert_user_profile(profile), timeout, metadata)
 
     async def track_events(
-        self, events: Event | Iterable[Event], *, timeout: float | None = None
+        self,
+        events: Event | Iterable[Event],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
     ) -> Served[TrackEventsResult]:
         """Record one event or a batch (1..1000); each is STORED once, then DUPLICATE.
 
-        Not retried here: events are deduplicated by ``event_id``, so a caller
-        may safely resend the same batch after ``Unavailable``/``DeadlineExceeded``
-        — outcomes then say which events were new.
+        Resent on ``UNAVAILABLE`` (with backoff, within the one deadline):
+        events are deduplicated by ``event_id``, and the server answers
+        ``UNAVAILABLE`` with reason ``EVENTS_IN_FLIGHT`` while an earlier
+        attempt of the same events is pending. An event whose first attempt
+        was stored but whose answer was lost then comes back ``DUPLICATE``.
+        Every event needs its ``timestamp`` (a missing one is
+        ``MISSING_FIELD``, never filled in).
 
         Returns:
             ``value.outcomes`` in request order (``event_id`` and ``status``),
@@ -352,15 +342,15 @@ class RouterClient:
             >>> status_name(result.outcomes[0].status)
             'STORED'
         """
-        batch = [events] if isinstance(events, Event) else list(events)
-        op = rs.TrackEventsOperation(events=batch)
-        response = await self._route(rs.RouteDataRequest(track_events=op), False, timeout)
-        return served(
-            response, _result(response, "track_events_result", response.track_events_result)
-        )
+        return await self._route(ops.track_events(events), timeout, metadata)
 
     async def upsert_embeddings(
-        self, collection: str, items: Iterable[EmbeddingItem], *, timeout: float | None = None
+        self,
+        collection: str,
+        items: Iterable[EmbeddingItem],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
     ) -> Served[UpsertEmbeddingsResult]:
         """Write vectors into ``collection`` (created on first write); cached searches renew.
 
@@ -368,17 +358,16 @@ class RouterClient:
             >>> await client.upsert_embeddings("hypotheses", [
             ...     EmbeddingItem(id="h1", embedding=[1, 0, 0], document="bigger button")])
         """
-        op = rs.UpsertEmbeddingsOperation(collection=collection, items=list(items))
-        response = await self._route(rs.RouteDataRequest(upsert_embeddings=op), False, timeout)
-        return served(
-            response,
-            _result(response, "upsert_embeddings_result", response.upsert_embeddings_result),
-        )
+        return await self._route(ops.upsert_embeddings(collection, items), timeout, metadata)
 
     # -- the cache itself and the server (service-config retries) ------------------------
 
     async def get_cached(
-        self, keys: str | Iterable[str], *, timeout: float | None = None
+        self,
+        keys: str | Iterable[str],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
     ) -> rs.GetCachedResponse:
         """Read keys straight from the cache (no store behind it); misses are reported.
 
@@ -387,9 +376,8 @@ class RouterClient:
             >>> entry.hit, entry.ttl_remaining.ToTimedelta()
             (True, datetime.timedelta(seconds=86117))
         """
-        key_list = [keys] if isinstance(keys, str) else list(keys)
-        request = rs.GetCachedRequest(keys=key_list)
-        return await self._call(self._stub.GetCached, request, timeout)
+        request = rs.GetCachedRequest(keys=ops.key_list(keys))
+        return await self._call(self._stub.GetCached, request, timeout, metadata)
 
     async def invalidate(
         self,
@@ -400,6 +388,7 @@ class RouterClient:
         user_id: str | None = None,
         collection: str | None = None,
         timeout: float | None = None,
+        metadata: Metadata = (),
     ) -> int:
         """Remove cache entries; name exactly one target. Returns how many keys went.
 
@@ -410,6 +399,7 @@ class RouterClient:
             user_id: Everything derived from the user.
             collection: Every cached search of a collection.
             timeout: Seconds for the call.
+            metadata: Extra metadata of this call.
 
         Raises:
             ValueError: Not exactly one target was given (nothing is sent).
@@ -418,52 +408,46 @@ class RouterClient:
             >>> await client.invalidate(pattern="metrics:checkout-v2:*")
             4
         """
-        targets = {
-            "keys": keys,
-            "pattern": pattern,
-            "experiment_id": experiment_id,
-            "user_id": user_id,
-            "collection": collection,
-        }
-        given = [name for name, value in targets.items() if value is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "invalidate needs exactly one of keys=, pattern=, experiment_id=, "
-                f"user_id=, collection= (got {', '.join(given) or 'none'})"
-            )
-        if keys is not None:
-            key_list = [keys] if isinstance(keys, str) else list(keys)
-            request = rs.InvalidateRequest(keys=rs.KeyList(keys=key_list))
-        elif pattern is not None:
-            request = rs.InvalidateRequest(pattern=pattern)
-        elif experiment_id is not None:
-            request = rs.InvalidateRequest(experiment_id=experiment_id)
-        elif user_id is not None:
-            request = rs.InvalidateRequest(user_id=user_id)
-        else:
-            request = rs.InvalidateRequest(collection=str(collection))
-        response = await self._call(self._stub.Invalidate, request, timeout)
+        request = ops.invalidate_request(
+            keys=keys,
+            pattern=pattern,
+            experiment_id=experiment_id,
+            user_id=user_id,
+            collection=collection,
+        )
+        response = await self._call(self._stub.Invalidate, request, timeout, metadata)
         return response.removed
 
-    async def stats(self, *, timeout: float | None = None) -> rs.StatsResponse:
+    async def stats(
+        self, *, timeout: float | None = None, metadata: Metadata = ()
+    ) -> rs.StatsResponse:
         """The server process's cache counters (hit rate, per data type, Redis usage)."""
-        return await self._call(self._stub.Stats, rs.StatsRequest(), timeout)
+        return await self._call(self._stub.Stats, rs.StatsRequest(), timeout, metadata)
 
-    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+    async def health(
+        self, service: str = "", *, timeout: float | None = None, metadata: Metadata = ()
+    ) -> str:
         """Standard gRPC health ``Check``: ``"SERVING"``, ``"NOT_SERVING"``...
 
         Args:
             service: ``""`` for the server as a whole, or a backend name
                 (``"redis"``, ``"postgres"``) or ``"mcprouter.v1.RouterService"``.
             timeout: Seconds for the call.
+            metadata: Extra metadata of this call.
 
         Raises:
             NotFound: The server knows no such service name.
         """
-        request = health_pb2.HealthCheckRequest(service=service)
-        response = await self._call(self._health.Check, request, timeout)
-        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-        return name
+        all_metadata, request_id = with_request_id(self._metadata, metadata)
+        try:
+            reply: bytes = await self._check(
+                _health.encode_request(service),
+                timeout=self._budget(timeout),
+                metadata=all_metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, request_id) from exc
+        return _health.decode_status(reply)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -471,32 +455,32 @@ class RouterClient:
         return self._default_timeout if timeout is None else timeout
 
     async def _route(
-        self, request: rs.RouteDataRequest, idempotent: bool, timeout: float | None
-    ) -> rs.RouteDataResponse:
+        self, op: ops.Operation[T], timeout: float | None, metadata: Metadata
+    ) -> Served[T]:
+        all_metadata, request_id = with_request_id(self._metadata, metadata)
+
         async def attempt(seconds: float) -> rs.RouteDataResponse:
-            return await self._stub.RouteData(request, timeout=seconds, metadata=self._metadata)
+            return await self._stub.RouteData(op.request, timeout=seconds, metadata=all_metadata)
 
         try:
-            return await call_with_retries(
+            response = await call_with_retries(
                 attempt,
                 budget=self._budget(timeout),
-                policy=self._retry if idempotent else None,
+                policy=self._retry if op.retryable else None,
             )
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from exc
+            raise from_rpc_error(exc, request_id) from exc
+        return op.served(response)
 
     async def _call(
-        self, method: Callable[..., Awaitable[R]], request: Message, timeout: float | None
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: Message,
+        timeout: float | None,
+        metadata: Metadata,
     ) -> R:
+        all_metadata, request_id = with_request_id(self._metadata, metadata)
         try:
-            return await method(request, timeout=self._budget(timeout), metadata=self._metadata)
+            return await method(request, timeout=self._budget(timeout), metadata=all_metadata)
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from exc
-
-
-def _result(response: rs.RouteDataResponse, field: str, value: R) -> R:
-    """``value`` if the response's ``result`` is ``field``; a protocol error otherwise."""
-    actual = response.WhichOneof("result")
-    if actual != field:
-        raise Internal(f"the server answered {actual or 'nothing'} where {field} was expected")
-    return value
+            raise from_rpc_error(exc, request_id) from exc

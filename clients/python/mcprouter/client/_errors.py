@@ -3,8 +3,9 @@
 Every failed call raises a subclass of ``RouterError``, chosen by the status
 code, with the ``google.rpc`` details of the status decoded onto it: the
 ``ErrorInfo`` (``reason``, ``domain``, ``metadata``) and, for bad input, the
-``BadRequest`` field violations. The original ``grpc.aio.AioRpcError`` is the
-exception's ``__cause__``.
+``BadRequest`` field violations, and the call's request id (the
+``x-request-id`` the server logged the call under). The original gRPC error
+is the exception's ``__cause__``.
 
     RouterError                  any other status code (UNKNOWN, CANCELLED, ...)
     ├── InvalidArgument          INVALID_ARGUMENT (``field_violations`` name the fields)
@@ -25,7 +26,7 @@ Example:
     ...     await client.get_experiment("no spaces*")
     ... except InvalidArgument as error:
     ...     print(error.reason, [v.field for v in error.field_violations])
-    INVALID_ARGUMENT ['get_experiment.experiment_id']
+    INVALID_ID ['get_experiment.experiment_id']
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -50,10 +51,13 @@ class FieldViolation:
     Attributes:
         field: The path of the field, e.g. ``get_experiment.experiment_id``.
         description: Why the value was refused.
+        reason: The kind of problem, e.g. ``INVALID_ID``, ``HOUR_NOT_TRUNCATED``
+            (see the contract's list); ``""`` from servers that send none.
     """
 
     field: str
     description: str
+    reason: str = ""
 
 
 class RouterError(Exception):
@@ -63,11 +67,13 @@ class RouterError(Exception):
         code: The gRPC status code of the failed call.
         message: The status message (``details()`` of the call).
         reason: ``ErrorInfo.reason``, a stable UPPER_SNAKE identifier such as
-            ``INVALID_ARGUMENT`` or ``STORE_UNAVAILABLE``; ``""`` when the status
+            ``INVALID_ID`` or ``STORE_UNAVAILABLE``; ``""`` when the status
             carried no ``ErrorInfo`` (e.g. it was produced by the gRPC runtime).
         domain: ``ErrorInfo.domain``; ``"mcprouter.v1"`` for the server's errors.
         metadata: ``ErrorInfo.metadata``, dynamic values of the error (read-only).
         field_violations: The ``BadRequest`` field violations, in order.
+        request_id: The call's ``x-request-id`` (the server's echo, else the
+            one the client sent): quote it to find the call in the server log.
     """
 
     status_code: ClassVar[grpc.StatusCode | None] = None
@@ -81,6 +87,7 @@ class RouterError(Exception):
         domain: str = "",
         metadata: Mapping[str, str] | None = None,
         field_violations: tuple[FieldViolation, ...] = (),
+        request_id: str = "",
     ) -> None:
         super().__init__(message)
         self.code: grpc.StatusCode = code or self.status_code or grpc.StatusCode.UNKNOWN
@@ -89,15 +96,19 @@ class RouterError(Exception):
         self.domain = domain
         self.metadata: Mapping[str, str] = MappingProxyType(dict(metadata or {}))
         self.field_violations = field_violations
+        self.request_id = request_id
 
     def __str__(self) -> str:
-        reason = f" [{self.reason}]" if self.reason else ""
-        return f"{self.code.name}{reason}: {self.message}"
+        # ``NOT_FOUND (EXPERIMENT_NOT_FOUND): ... [request_id=...]``; a reason
+        # that only repeats the code is left out.
+        reason = f" ({self.reason})" if self.reason and self.reason != self.code.name else ""
+        request = f" [request_id={self.request_id}]" if self.request_id else ""
+        return f"{self.code.name}{reason}: {self.message}{request}"
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, "
-            f"message={self.message!r})"
+            f"message={self.message!r}, request_id={self.request_id!r})"
         )
 
 
@@ -198,12 +209,30 @@ def error_class(code: grpc.StatusCode) -> type[RouterError]:
     return _BY_CODE.get(code, RouterError)
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError) -> RouterError:
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class FailedCall(Protocol):
+    """What a failed call of either gRPC API offers (``AioRpcError``, sync ``RpcError``)."""
+
+    def code(self) -> grpc.StatusCode: ...
+
+    def details(self) -> str | None: ...
+
+    def trailing_metadata(self) -> Any: ...
+
+
+def from_rpc_error(error: FailedCall, request_id: str = "") -> RouterError:
     """Translate a failed call into its typed exception, decoding the rich details.
 
     Statuses without details (e.g. produced by the gRPC runtime when the
     server is unreachable) give an exception with empty ``reason``/``domain``.
     The caller should ``raise from_rpc_error(exc) from exc``.
+
+    Args:
+        error: The failed call (async or sync API).
+        request_id: The ``x-request-id`` the client sent; the server's echo in
+            the trailing metadata wins when there is one.
     """
     code = error.code()
     message = error.details() or ""
@@ -212,11 +241,25 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> RouterError:
     except ValueError:
         # The details contradict the call's code or message: trust the call.
         status = None
-    return from_status(code, message, status)
+    return from_status(code, message, status, _echoed_request_id(error) or request_id)
+
+
+def _echoed_request_id(error: FailedCall) -> str:
+    try:
+        trailing = tuple(error.trailing_metadata() or ())
+    except Exception:  # a runtime-made error may carry no metadata at all
+        return ""
+    for key, value in trailing:
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            return value
+    return ""
 
 
 def from_status(
-    code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+    code: grpc.StatusCode,
+    message: str,
+    status: status_pb2.Status | None,
+    request_id: str = "",
 ) -> RouterError:
     """Build the typed exception of ``code`` from a decoded ``google.rpc.Status``."""
     reason = domain = ""
@@ -230,7 +273,9 @@ def from_status(
         elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
-            violations.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+            violations.extend(
+                FieldViolation(v.field, v.description, v.reason) for v in bad.field_violations
+            )
     return error_class(code)(
         message,
         code=code,
@@ -238,4 +283,5 @@ def from_status(
         domain=domain,
         metadata=metadata,
         field_violations=tuple(violations),
+        request_id=request_id,
     )

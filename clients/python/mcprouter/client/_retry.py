@@ -1,8 +1,10 @@
-"""Client-side retries of ``RouteData`` reads (service config cannot tell them from writes).
+"""Client-side retries of ``RouteData`` calls (service config cannot tell reads from writes).
 
 One deadline covers every attempt: each attempt gets the time that is left,
 and no retry starts once its backoff would pass the deadline. Only
-``UNAVAILABLE`` is retried; every other status is final.
+``UNAVAILABLE`` is retried (reasons included: ``STORE_UNAVAILABLE``,
+``EVENTS_IN_FLIGHT``...); every other status is final. The async and the sync
+client share the schedule below and differ only in how they wait.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -20,7 +22,50 @@ from mcprouter.client._config import RetryPolicy
 T = TypeVar("T")
 
 Attempt = Callable[[float], Awaitable[T]]
-"""One call attempt, given the seconds it may take."""
+"""One async call attempt, given the seconds it may take."""
+
+SyncAttempt = Callable[[float], T]
+"""One blocking call attempt, given the seconds it may take."""
+
+Clock = Callable[[], float]
+Jitter = Callable[[float], float]
+
+
+def _full_jitter(bound: float) -> float:
+    return random.uniform(0.0, bound)
+
+
+class Schedule:
+    """When the next attempt of one call may start, if at all."""
+
+    def __init__(
+        self, budget: float, policy: RetryPolicy | None, clock: Clock, jitter: Jitter
+    ) -> None:
+        self._deadline = clock() + budget
+        self._policy = policy
+        self._clock = clock
+        self._jitter = jitter
+        self.number = 1
+
+    def remaining(self) -> float:
+        """Seconds the next attempt may take."""
+        return max(self._deadline - self._clock(), 0.0)
+
+    def wait_after(self, error: grpc.RpcError) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` to give up with ``error``."""
+        policy = self._policy
+        # Both APIs' failed calls have code(); grpc.RpcError itself does not declare it.
+        code: Any = getattr(error, "code", lambda: None)()
+        if policy is None or self.number >= policy.max_attempts:
+            return None
+        if code != grpc.StatusCode.UNAVAILABLE:
+            return None
+        wait = self._jitter(policy.backoff_bound(self.number))
+        # A retry needs time for its own round trip, not just the wait.
+        if self._clock() + wait >= self._deadline:
+            return None
+        self.number += 1
+        return wait
 
 
 async def call_with_retries(
@@ -28,9 +73,9 @@ async def call_with_retries(
     *,
     budget: float,
     policy: RetryPolicy | None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = time.monotonic,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-    jitter: Callable[[float], float] = lambda bound: random.uniform(0.0, bound),
+    jitter: Jitter = _full_jitter,
 ) -> T:
     """Run ``attempt`` until it succeeds, fails for good, or the deadline is near.
 
@@ -46,26 +91,37 @@ async def call_with_retries(
         The first successful answer.
 
     Raises:
-        grpc.aio.AioRpcError: The last attempt's error, when it was not
+        grpc.RpcError: The last attempt's error, when it was not
             ``UNAVAILABLE``, attempts ran out, or the next backoff would pass
             the deadline.
     """
-    deadline = clock() + budget
-    max_attempts = policy.max_attempts if policy is not None else 1
-    number = 1
+    schedule = Schedule(budget, policy, clock, jitter)
     while True:
         try:
-            return await attempt(max(deadline - clock(), 0.0))
-        except grpc.aio.AioRpcError as error:
-            if (
-                policy is None
-                or number >= max_attempts
-                or error.code() != grpc.StatusCode.UNAVAILABLE
-            ):
-                raise
-            wait = jitter(policy.backoff_bound(number))
-            # A retry needs time for its own round trip, not just the wait.
-            if clock() + wait >= deadline:
+            return await attempt(schedule.remaining())
+        except grpc.RpcError as error:
+            wait = schedule.wait_after(error)
+            if wait is None:
                 raise
         await sleep(wait)
-        number += 1
+
+
+def call_with_retries_sync(
+    attempt: SyncAttempt[T],
+    *,
+    budget: float,
+    policy: RetryPolicy | None,
+    clock: Clock = time.monotonic,
+    sleep: Callable[[float], object] = time.sleep,
+    jitter: Jitter = _full_jitter,
+) -> T:
+    """The blocking twin of ``call_with_retries``, for ``SyncRouterClient``."""
+    schedule = Schedule(budget, policy, clock, jitter)
+    while True:
+        try:
+            return attempt(schedule.remaining())
+        except grpc.RpcError as error:
+            wait = schedule.wait_after(error)
+            if wait is None:
+                raise
+        sleep(wait)

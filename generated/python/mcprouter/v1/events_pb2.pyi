@@ -199,6 +199,8 @@ class VariantAnalytics(_message.Message):
     P_VALUE_FIELD_NUMBER: _builtins.int
     CI_LOW_FIELD_NUMBER: _builtins.int
     CI_HIGH_FIELD_NUMBER: _builtins.int
+    RELATIVE_LIFT_UNDEFINED_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_INTERVAL_UNDEFINED_FIELD_NUMBER: _builtins.int
     variant: _builtins.str
     """variant is the variant's name."""
     is_control: _builtins.bool
@@ -214,17 +216,30 @@ class VariantAnalytics(_message.Message):
     mean_value: _builtins.float
     """mean_value is total_value / exposed_users."""
     relative_lift: _builtins.float
-    """relative_lift is (rate - control rate) / control rate; 0 for the control."""
+    """relative_lift is (rate - control rate) / control rate; 0 for the control.
+    It is 0 and relative_lift_undefined is set when it has no value (never
+    NaN).
+    """
     p_value: _builtins.float
     """p_value is the two-sided two-proportion z-test p-value against the
     control; 1 for the control.
     """
     ci_low: _builtins.float
     """ci_low is the lower bound of the 95% confidence interval of the rate
-    difference against the control.
+    difference against the control; 0 with confidence_interval_undefined set
+    when there is no interval (never NaN).
     """
     ci_high: _builtins.float
     """ci_high is the upper bound of that interval."""
+    relative_lift_undefined: _builtins.bool
+    """relative_lift_undefined is true when relative_lift has no value: the
+    control had no conversions (a lift against a rate of 0 is undefined) or
+    this variant had no exposed users.
+    """
+    confidence_interval_undefined: _builtins.bool
+    """confidence_interval_undefined is true when ci_low/ci_high have no value:
+    this variant or the control had no exposed users.
+    """
     def __init__(
         self,
         *,
@@ -239,10 +254,12 @@ class VariantAnalytics(_message.Message):
         p_value: _builtins.float = ...,
         ci_low: _builtins.float = ...,
         ci_high: _builtins.float = ...,
+        relative_lift_undefined: _builtins.bool = ...,
+        confidence_interval_undefined: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "conversion_rate", b"conversion_rate", "converting_users", b"converting_users", "exposed_users", b"exposed_users", "is_control", b"is_control", "mean_value", b"mean_value", "p_value", b"p_value", "relative_lift", b"relative_lift", "total_value", b"total_value", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "confidence_interval_undefined", b"confidence_interval_undefined", "conversion_rate", b"conversion_rate", "converting_users", b"converting_users", "exposed_users", b"exposed_users", "is_control", b"is_control", "mean_value", b"mean_value", "p_value", b"p_value", "relative_lift", b"relative_lift", "relative_lift_undefined", b"relative_lift_undefined", "total_value", b"total_value", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

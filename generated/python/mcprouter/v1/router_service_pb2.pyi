@@ -708,7 +708,9 @@ class InvalidateResponse(_message.Message):
 
     REMOVED_FIELD_NUMBER: _builtins.int
     removed: _builtins.int
-    """removed is how many keys were removed."""
+    """removed is how many keys were removed. Proto3 JSON leaves a zero out:
+    grpcurl prints {} for 0 unless given -emit-defaults.
+    """
     def __init__(
         self,
         *,

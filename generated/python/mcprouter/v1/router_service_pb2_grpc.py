@@ -31,6 +31,41 @@ class RouterServiceStub:
     shared Redis cache. Identifiers everywhere use the charset [A-Za-z0-9_.-]
     and 1..128 characters; anything else is INVALID_ARGUMENT with a
     google.rpc.BadRequest naming the field.
+
+    Every error carries a google.rpc.ErrorInfo (domain "mcprouter.v1") whose
+    reason is stable; branch on it, not on the message. INVALID_ARGUMENT also
+    carries a google.rpc.BadRequest with one field violation per bad field,
+    each with its own reason; the ErrorInfo reason is the first violation's:
+    MISSING_FIELD       a required field is empty, absent or has no elements
+    INVALID_ID          an identifier outside [A-Za-z0-9_.-]{1,128} (or a
+    collection name Chroma refuses)
+    INVALID_TIMESTAMP   before 2000-01-01, over 1 h in the future, bad nanos
+    HOUR_NOT_TRUNCATED  get_event_metrics.hour is not on a UTC hour
+    DAY_NOT_TRUNCATED   get_analytics.day is not on a UTC midnight
+    INVALID_EMBEDDING   a vector empty, over 4096, non-finite, or of another
+    dimension than the request's first item
+    INVALID_NUMBER      NaN or infinity in an event value or metadata
+    OUT_OF_RANGE        a number outside its bounds (k, weight, version)
+    TOO_MANY_ITEMS      a repeated field or map over its bound
+    TEXT_TOO_LONG       free text over its bound
+    INVALID_ENUM        an enum value the operation does not accept
+    DUPLICATE_ITEM      the same variant name or item id twice in a request
+    INVALID_FILTER      a filter condition comparing values of the wrong type
+    INVALID_KEY         GetCached/Invalidate key outside the public families
+    INVALID_PATTERN     an Invalidate pattern refused (see InvalidateRequest)
+    UNKNOWN_EXPERIMENT_OR_VARIANT  track_events names an experiment or
+    variant that does not exist
+    Other reasons: EXPERIMENT_NOT_FOUND, USER_PROFILE_NOT_FOUND and
+    COLLECTION_NOT_FOUND (NOT_FOUND: the entity named is missing, also when
+    get_assignment, get_event_metrics or get_analytics name a missing
+    experiment); EXPERIMENT_NOT_RUNNING (FAILED_PRECONDITION); VERSION_CONFLICT
+    and STORE_CONFLICT (ABORTED); SALT_IMMUTABLE (INVALID_ARGUMENT);
+    STORE_UNAVAILABLE, STORE_TIMEOUT, CACHE_UNAVAILABLE, SHUTTING_DOWN and
+    EVENTS_IN_FLIGHT (UNAVAILABLE: retry with backoff; EVENTS_IN_FLIGHT means
+    an earlier attempt of the same events is still pending);
+    TOO_MANY_IN_FLIGHT_RPCS (RESOURCE_EXHAUSTED); MISSING_BEARER_TOKEN and
+    INVALID_BEARER_TOKEN (UNAUTHENTICATED); PROCESSOR_NOT_AVAILABLE
+    (UNIMPLEMENTED).
     """
 
     def __init__(self, channel):
@@ -67,6 +102,41 @@ class RouterServiceServicer:
     shared Redis cache. Identifiers everywhere use the charset [A-Za-z0-9_.-]
     and 1..128 characters; anything else is INVALID_ARGUMENT with a
     google.rpc.BadRequest naming the field.
+
+    Every error carries a google.rpc.ErrorInfo (domain "mcprouter.v1") whose
+    reason is stable; branch on it, not on the message. INVALID_ARGUMENT also
+    carries a google.rpc.BadRequest with one field violation per bad field,
+    each with its own reason; the ErrorInfo reason is the first violation's:
+    MISSING_FIELD       a required field is empty, absent or has no elements
+    INVALID_ID          an identifier outside [A-Za-z0-9_.-]{1,128} (or a
+    collection name Chroma refuses)
+    INVALID_TIMESTAMP   before 2000-01-01, over 1 h in the future, bad nanos
+    HOUR_NOT_TRUNCATED  get_event_metrics.hour is not on a UTC hour
+    DAY_NOT_TRUNCATED   get_analytics.day is not on a UTC midnight
+    INVALID_EMBEDDING   a vector empty, over 4096, non-finite, or of another
+    dimension than the request's first item
+    INVALID_NUMBER      NaN or infinity in an event value or metadata
+    OUT_OF_RANGE        a number outside its bounds (k, weight, version)
+    TOO_MANY_ITEMS      a repeated field or map over its bound
+    TEXT_TOO_LONG       free text over its bound
+    INVALID_ENUM        an enum value the operation does not accept
+    DUPLICATE_ITEM      the same variant name or item id twice in a request
+    INVALID_FILTER      a filter condition comparing values of the wrong type
+    INVALID_KEY         GetCached/Invalidate key outside the public families
+    INVALID_PATTERN     an Invalidate pattern refused (see InvalidateRequest)
+    UNKNOWN_EXPERIMENT_OR_VARIANT  track_events names an experiment or
+    variant that does not exist
+    Other reasons: EXPERIMENT_NOT_FOUND, USER_PROFILE_NOT_FOUND and
+    COLLECTION_NOT_FOUND (NOT_FOUND: the entity named is missing, also when
+    get_assignment, get_event_metrics or get_analytics name a missing
+    experiment); EXPERIMENT_NOT_RUNNING (FAILED_PRECONDITION); VERSION_CONFLICT
+    and STORE_CONFLICT (ABORTED); SALT_IMMUTABLE (INVALID_ARGUMENT);
+    STORE_UNAVAILABLE, STORE_TIMEOUT, CACHE_UNAVAILABLE, SHUTTING_DOWN and
+    EVENTS_IN_FLIGHT (UNAVAILABLE: retry with backoff; EVENTS_IN_FLIGHT means
+    an earlier attempt of the same events is still pending);
+    TOO_MANY_IN_FLIGHT_RPCS (RESOURCE_EXHAUSTED); MISSING_BEARER_TOKEN and
+    INVALID_BEARER_TOKEN (UNAUTHENTICATED); PROCESSOR_NOT_AVAILABLE
+    (UNIMPLEMENTED).
     """
 
     def RouteData(self, request, context):
@@ -135,6 +205,41 @@ class RouterService:
     shared Redis cache. Identifiers everywhere use the charset [A-Za-z0-9_.-]
     and 1..128 characters; anything else is INVALID_ARGUMENT with a
     google.rpc.BadRequest naming the field.
+
+    Every error carries a google.rpc.ErrorInfo (domain "mcprouter.v1") whose
+    reason is stable; branch on it, not on the message. INVALID_ARGUMENT also
+    carries a google.rpc.BadRequest with one field violation per bad field,
+    each with its own reason; the ErrorInfo reason is the first violation's:
+    MISSING_FIELD       a required field is empty, absent or has no elements
+    INVALID_ID          an identifier outside [A-Za-z0-9_.-]{1,128} (or a
+    collection name Chroma refuses)
+    INVALID_TIMESTAMP   before 2000-01-01, over 1 h in the future, bad nanos
+    HOUR_NOT_TRUNCATED  get_event_metrics.hour is not on a UTC hour
+    DAY_NOT_TRUNCATED   get_analytics.day is not on a UTC midnight
+    INVALID_EMBEDDING   a vector empty, over 4096, non-finite, or of another
+    dimension than the request's first item
+    INVALID_NUMBER      NaN or infinity in an event value or metadata
+    OUT_OF_RANGE        a number outside its bounds (k, weight, version)
+    TOO_MANY_ITEMS      a repeated field or map over its bound
+    TEXT_TOO_LONG       free text over its bound
+    INVALID_ENUM        an enum value the operation does not accept
+    DUPLICATE_ITEM      the same variant name or item id twice in a request
+    INVALID_FILTER      a filter condition comparing values of the wrong type
+    INVALID_KEY         GetCached/Invalidate key outside the public families
+    INVALID_PATTERN     an Invalidate pattern refused (see InvalidateRequest)
+    UNKNOWN_EXPERIMENT_OR_VARIANT  track_events names an experiment or
+    variant that does not exist
+    Other reasons: EXPERIMENT_NOT_FOUND, USER_PROFILE_NOT_FOUND and
+    COLLECTION_NOT_FOUND (NOT_FOUND: the entity named is missing, also when
+    get_assignment, get_event_metrics or get_analytics name a missing
+    experiment); EXPERIMENT_NOT_RUNNING (FAILED_PRECONDITION); VERSION_CONFLICT
+    and STORE_CONFLICT (ABORTED); SALT_IMMUTABLE (INVALID_ARGUMENT);
+    STORE_UNAVAILABLE, STORE_TIMEOUT, CACHE_UNAVAILABLE, SHUTTING_DOWN and
+    EVENTS_IN_FLIGHT (UNAVAILABLE: retry with backoff; EVENTS_IN_FLIGHT means
+    an earlier attempt of the same events is still pending);
+    TOO_MANY_IN_FLIGHT_RPCS (RESOURCE_EXHAUSTED); MISSING_BEARER_TOKEN and
+    INVALID_BEARER_TOKEN (UNAUTHENTICATED); PROCESSOR_NOT_AVAILABLE
+    (UNIMPLEMENTED).
     """
 
     @staticmethod

@@ -65,6 +65,8 @@ def not_found(key: str, data_type: DataType.ValueType) -> NotFound:
     """The error for a key whose store has no value."""
     return NotFound(
         f"no {type_name(data_type)} exists for key {key!r}",
+        # EXPERIMENT_NOT_FOUND, USER_PROFILE_NOT_FOUND...: what is missing, by name.
+        reason=f"{DataType.Name(data_type).removeprefix('DATA_TYPE_')}_NOT_FOUND",
         metadata={"key": key, "data_type": DataType.Name(data_type)},
     )
 

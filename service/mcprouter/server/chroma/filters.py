@@ -22,7 +22,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from mcprouter.server.limits import MAX_FILTER_CONDITIONS, MAX_FILTER_VALUES
-from mcprouter.server.validation import Violations, is_identifier
+from mcprouter.server.validation import Reason, Violations, is_identifier
 from mcprouter.v1 import search_pb2 as search
 
 Scalar = str | int | float | bool
@@ -72,11 +72,11 @@ def collection_name_problem(name: str) -> str | None:
 def check_collection(violations: Violations, field: str, name: str) -> None:
     """Record a violation unless ``name`` is an identifier Chroma accepts."""
     if not name:
-        violations.add(field, "is required")
+        violations.required(field)
     elif not is_identifier(name):
-        violations.add(field, "must be 3..128 characters from [A-Za-z0-9_.-]")
+        violations.add(field, "must be 3..128 characters from [A-Za-z0-9_.-]", Reason.INVALID_ID)
     elif problem := collection_name_problem(name):
-        violations.add(field, problem)
+        violations.add(field, problem, Reason.INVALID_ID)
 
 
 def scalar(value: search.MetadataValue) -> Scalar | None:
@@ -91,20 +91,28 @@ def scalar(value: search.MetadataValue) -> Scalar | None:
 def _operand(violations: Violations, field: str, value: search.MetadataValue) -> Scalar | None:
     result = scalar(value)
     if result is None:
-        violations.add(field, "must set one of string_value, int_value, double_value, bool_value")
+        violations.add(
+            field,
+            "must set one of string_value, int_value, double_value, bool_value",
+            Reason.MISSING_FIELD,
+        )
     elif isinstance(result, float) and not math.isfinite(result):
-        violations.add(field, "must be a finite number")
+        violations.add(field, "must be a finite number", Reason.INVALID_NUMBER)
         return None
     return result
 
 
 def _clause(violations: Violations, at: str, cond: search.MetadataCondition) -> Where | None:
     if not is_identifier(cond.key):
-        violations.add(f"{at}.key", "must be 1..128 characters from [A-Za-z0-9_.-]")
+        violations.add(
+            f"{at}.key", "must be 1..128 characters from [A-Za-z0-9_.-]", Reason.INVALID_ID
+        )
         return None
     operator = _OPERATORS.get(cond.operator)
     if operator is None:
-        violations.add(f"{at}.operator", "must be a known FILTER_OPERATOR_* value")
+        violations.add(
+            f"{at}.operator", "must be a known FILTER_OPERATOR_* value", Reason.INVALID_ENUM
+        )
         return None
     if cond.operator in _LISTS:
         return _list_clause(violations, at, cond, operator)
@@ -115,7 +123,7 @@ def _scalar_clause(
     violations: Violations, at: str, cond: search.MetadataCondition, operator: str
 ) -> Where | None:
     if not cond.HasField("value"):
-        violations.add(f"{at}.value", "is required for this operator")
+        violations.add(f"{at}.value", "is required for this operator", Reason.MISSING_FIELD)
         return None
     operand = _operand(violations, f"{at}.value", cond.value)
     if operand is None:
@@ -126,6 +134,7 @@ def _scalar_clause(
             f"{at}.value",
             f"{name} compares numbers only; use int_value or double_value "
             f"(got {cond.value.WhichOneof('kind')})",
+            Reason.INVALID_FILTER,
         )
         return None
     return {cond.key: {operator: operand}}
@@ -135,7 +144,7 @@ def _list_clause(
     violations: Violations, at: str, cond: search.MetadataCondition, operator: str
 ) -> Where | None:
     if not 1 <= len(cond.values) <= MAX_FILTER_VALUES:
-        violations.add(f"{at}.values", f"must hold 1..{MAX_FILTER_VALUES} elements")
+        violations.count(f"{at}.values", len(cond.values), 1, MAX_FILTER_VALUES)
         return None
     operands = [_operand(violations, f"{at}.values[{j}]", v) for j, v in enumerate(cond.values)]
     if any(o is None for o in operands):
@@ -143,7 +152,9 @@ def _list_clause(
     kinds = sorted({v.WhichOneof("kind") or "" for v in cond.values})
     if len(kinds) > 1:
         # Chroma requires one type per list (and compares 1 and 1.0 as different types).
-        violations.add(f"{at}.values", f"must all have one type, got {', '.join(kinds)}")
+        violations.add(
+            f"{at}.values", f"must all have one type, got {', '.join(kinds)}", Reason.INVALID_FILTER
+        )
         return None
     return {cond.key: {operator: operands}}
 
@@ -168,7 +179,7 @@ def to_where(flt: search.MetadataFilter | None, field: str) -> Where | None:
         return None
     violations = Violations()
     if len(flt.conditions) > MAX_FILTER_CONDITIONS:
-        violations.add(f"{field}.conditions", f"must hold 1..{MAX_FILTER_CONDITIONS} elements")
+        violations.count(f"{field}.conditions", len(flt.conditions), 1, MAX_FILTER_CONDITIONS)
         violations.raise_if_any()
     clauses = [
         _clause(violations, f"{field}.conditions[{i}]", cond)

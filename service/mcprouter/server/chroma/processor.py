@@ -220,7 +220,10 @@ def _prefixed(operation: str) -> Iterator[None]:
         if all(v.field.startswith(f"{operation}.") for v in exc.violations):
             raise
         raise InvalidArgument(
-            [FieldViolation(f"{operation}.{v.field}", v.description) for v in exc.violations],
+            [
+                FieldViolation(f"{operation}.{v.field}", v.description, v.reason)
+                for v in exc.violations
+            ],
             reason=exc.reason,
             metadata=exc.metadata,
         ) from exc

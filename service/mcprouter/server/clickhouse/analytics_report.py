@@ -11,6 +11,7 @@ removed arms keep their history), by name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -60,7 +61,12 @@ def build_analytics(
             cmp = am.compare(
                 c.converting_users, c.exposed_users, control.converting_users, control.exposed_users
             )
-            item.relative_lift, item.p_value = cmp.relative_lift, cmp.p_value
-            item.ci_low, item.ci_high = cmp.ci_low, cmp.ci_high
+            # NaN would reach JSON clients as the string "NaN": a flag says it instead.
+            item.relative_lift_undefined = math.isnan(cmp.relative_lift)
+            item.relative_lift = 0.0 if item.relative_lift_undefined else cmp.relative_lift
+            item.p_value = cmp.p_value
+            item.confidence_interval_undefined = math.isnan(cmp.ci_low) or math.isnan(cmp.ci_high)
+            if not item.confidence_interval_undefined:
+                item.ci_low, item.ci_high = cmp.ci_low, cmp.ci_high
         report.variants.append(item)
     return report

@@ -301,6 +301,7 @@ class ClickHouseProcessor:
         if experiment is None:
             raise NotFound(
                 f"experiment {experiment_id!r} does not exist",
+                reason="EXPERIMENT_NOT_FOUND",
                 metadata={"experiment_id": experiment_id},
             )
         return experiment

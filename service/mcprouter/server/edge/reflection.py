@@ -24,7 +24,9 @@ def documented_files() -> dict[str, bytes]:
     """File name -> serialized FileDescriptorProto (with comments) of our protos."""
     raw = resources.files("mcprouter.v1").joinpath(DESCRIPTOR_SET).read_bytes()
     files = descriptor_pb2.FileDescriptorSet.FromString(raw).file
-    return {f.name: f.SerializeToString() for f in files}
+    # The set also holds its imports (google/protobuf/...) for protoc --decode;
+    # those are served as the runtime has them.
+    return {f.name: f.SerializeToString() for f in files if f.name.startswith("mcprouter/")}
 
 
 class DocumentedReflectionServicer(ReflectionServicer):  # type: ignore[misc]

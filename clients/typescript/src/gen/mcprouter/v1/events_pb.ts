@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mcprouter/v1/events.proto.
  */
 export const file_mcprouter_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChltY3Byb3V0ZXIvdjEvZXZlbnRzLnByb3RvEgxtY3Byb3V0ZXIudjEipAEKBUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRIPCgd2YXJpYW50GAQgASgJEhIKCmV2ZW50X3R5cGUYBSABKAkSDQoFdmFsdWUYBiABKAESLQoJdGltZXN0YW1wGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJLCgxFdmVudE91dGNvbWUSEAoIZXZlbnRfaWQYASABKAkSKQoGc3RhdHVzGAIgASgOMhkubWNwcm91dGVyLnYxLlNlcnZlU3RhdHVzImUKEVRyYWNrRXZlbnRzUmVzdWx0EiwKCG91dGNvbWVzGAEgAygLMhoubWNwcm91dGVyLnYxLkV2ZW50T3V0Y29tZRIOCgZzdG9yZWQYAiABKA0SEgoKZHVwbGljYXRlcxgDIAEoDSK3AQoMRXZlbnRNZXRyaWNzEhUKDWV4cGVyaW1lbnRfaWQYASABKAkSDwoHdmFyaWFudBgCIAEoCRIOCgZtZXRyaWMYAyABKAkSKAoEaG91chgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFY291bnQYBSABKAQSCwoDc3VtGAYgASgBEhQKDHVuaXF1ZV91c2VycxgHIAEoBBITCgtob3VyX2Nsb3NlZBgIIAEoCCLzAQoQVmFyaWFudEFuYWx5dGljcxIPCgd2YXJpYW50GAEgASgJEhIKCmlzX2NvbnRyb2wYAiABKAgSFQoNZXhwb3NlZF91c2VycxgDIAEoBBIYChBjb252ZXJ0aW5nX3VzZXJzGAQgASgEEhcKD2NvbnZlcnNpb25fcmF0ZRgFIAEoARITCgt0b3RhbF92YWx1ZRgGIAEoARISCgptZWFuX3ZhbHVlGAcgASgBEhUKDXJlbGF0aXZlX2xpZnQYCCABKAESDwoHcF92YWx1ZRgJIAEoARIOCgZjaV9sb3cYCiABKAESDwoHY2lfaGlnaBgLIAEoASKWAQoJQW5hbHl0aWNzEhUKDWV4cGVyaW1lbnRfaWQYASABKAkSJwoDZGF5GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9jb250cm9sX3ZhcmlhbnQYAyABKAkSMAoIdmFyaWFudHMYBCADKAsyHi5tY3Byb3V0ZXIudjEuVmFyaWFudEFuYWx5dGljc2IGcHJvdG8z", [file_google_protobuf_timestamp, file_mcprouter_v1_serve_status]);
+  fileDesc("ChltY3Byb3V0ZXIvdjEvZXZlbnRzLnByb3RvEgxtY3Byb3V0ZXIudjEipAEKBUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEhUKDWV4cGVyaW1lbnRfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRIPCgd2YXJpYW50GAQgASgJEhIKCmV2ZW50X3R5cGUYBSABKAkSDQoFdmFsdWUYBiABKAESLQoJdGltZXN0YW1wGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJLCgxFdmVudE91dGNvbWUSEAoIZXZlbnRfaWQYASABKAkSKQoGc3RhdHVzGAIgASgOMhkubWNwcm91dGVyLnYxLlNlcnZlU3RhdHVzImUKEVRyYWNrRXZlbnRzUmVzdWx0EiwKCG91dGNvbWVzGAEgAygLMhoubWNwcm91dGVyLnYxLkV2ZW50T3V0Y29tZRIOCgZzdG9yZWQYAiABKA0SEgoKZHVwbGljYXRlcxgDIAEoDSK3AQoMRXZlbnRNZXRyaWNzEhUKDWV4cGVyaW1lbnRfaWQYASABKAkSDwoHdmFyaWFudBgCIAEoCRIOCgZtZXRyaWMYAyABKAkSKAoEaG91chgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFY291bnQYBSABKAQSCwoDc3VtGAYgASgBEhQKDHVuaXF1ZV91c2VycxgHIAEoBBITCgtob3VyX2Nsb3NlZBgIIAEoCCK7AgoQVmFyaWFudEFuYWx5dGljcxIPCgd2YXJpYW50GAEgASgJEhIKCmlzX2NvbnRyb2wYAiABKAgSFQoNZXhwb3NlZF91c2VycxgDIAEoBBIYChBjb252ZXJ0aW5nX3VzZXJzGAQgASgEEhcKD2NvbnZlcnNpb25fcmF0ZRgFIAEoARITCgt0b3RhbF92YWx1ZRgGIAEoARISCgptZWFuX3ZhbHVlGAcgASgBEhUKDXJlbGF0aXZlX2xpZnQYCCABKAESDwoHcF92YWx1ZRgJIAEoARIOCgZjaV9sb3cYCiABKAESDwoHY2lfaGlnaBgLIAEoARIfChdyZWxhdGl2ZV9saWZ0X3VuZGVmaW5lZBgMIAEoCBIlCh1jb25maWRlbmNlX2ludGVydmFsX3VuZGVmaW5lZBgNIAEoCCKWAQoJQW5hbHl0aWNzEhUKDWV4cGVyaW1lbnRfaWQYASABKAkSJwoDZGF5GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9jb250cm9sX3ZhcmlhbnQYAyABKAkSMAoIdmFyaWFudHMYBCADKAsyHi5tY3Byb3V0ZXIudjEuVmFyaWFudEFuYWx5dGljc2IGcHJvdG8z", [file_google_protobuf_timestamp, file_mcprouter_v1_serve_status]);
 
 /**
  * Event is one tracked user action in an experiment.
@@ -271,6 +271,8 @@ export type VariantAnalytics = Message<"mcprouter.v1.VariantAnalytics"> & {
 
   /**
    * relative_lift is (rate - control rate) / control rate; 0 for the control.
+   * It is 0 and relative_lift_undefined is set when it has no value (never
+   * NaN).
    *
    * @generated from field: double relative_lift = 8;
    */
@@ -286,7 +288,8 @@ export type VariantAnalytics = Message<"mcprouter.v1.VariantAnalytics"> & {
 
   /**
    * ci_low is the lower bound of the 95% confidence interval of the rate
-   * difference against the control.
+   * difference against the control; 0 with confidence_interval_undefined set
+   * when there is no interval (never NaN).
    *
    * @generated from field: double ci_low = 10;
    */
@@ -298,6 +301,23 @@ export type VariantAnalytics = Message<"mcprouter.v1.VariantAnalytics"> & {
    * @generated from field: double ci_high = 11;
    */
   ciHigh: number;
+
+  /**
+   * relative_lift_undefined is true when relative_lift has no value: the
+   * control had no conversions (a lift against a rate of 0 is undefined) or
+   * this variant had no exposed users.
+   *
+   * @generated from field: bool relative_lift_undefined = 12;
+   */
+  relativeLiftUndefined: boolean;
+
+  /**
+   * confidence_interval_undefined is true when ci_low/ci_high have no value:
+   * this variant or the control had no exposed users.
+   *
+   * @generated from field: bool confidence_interval_undefined = 13;
+   */
+  confidenceIntervalUndefined: boolean;
 };
 
 /**
