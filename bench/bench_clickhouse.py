@@ -55,7 +55,6 @@ from mcprouter.server.clickhouse.store import (
 )
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.redis.connection import create_redis
-from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.request_validation import validate_route_data
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
@@ -299,7 +298,6 @@ async def main(cfg: Config) -> None:
                 store,
                 batcher,
                 cache,
-                dedup=RedisProcessor(redis, keyspace, stats, cache),
                 redis=redis,
                 keyspace=keyspace,
                 stats=stats,

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker, LocalCache
 from mcprouter.server.chroma.processor import ChromaProcessor
 from mcprouter.server.chroma.store import ChromaStore, open_chroma
+from mcprouter.server.clickhouse.dedup import DedupPolicy
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.processor import (
     ClickHousePolicies,
@@ -102,7 +103,8 @@ def clickhouse_policies(settings: Settings) -> ClickHousePolicies:
 async def open_clickhouse_store(settings: Settings) -> AsyncIterator[ClickHouseStore]:
     """The ClickHouse store (embedded chDB when no URL is set); migrated when embedded."""
     store = await open_clickhouse(
-        settings.clickhouse_url or embedded_clickhouse_url(settings.data_dir)
+        settings.clickhouse_url or embedded_clickhouse_url(settings.data_dir),
+        send_receive_timeout_s=settings.clickhouse_insert_timeout_s,
     )
     try:
         if settings.clickhouse_url is None or settings.migrate_on_start:
@@ -197,7 +199,6 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             clickhouse,
             batcher,
             cache,
-            dedup=cache_ops,
             redis=redis,
             keyspace=keyspace,
             stats=stats,
@@ -205,7 +206,11 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             experiments=experiment_lookup(
                 cache, postgres_store.get_experiment, pg_policies.experiment
             ),
-            dedup_ttl_s=settings.dedup_ttl_s,
+            dedup_policy=DedupPolicy(
+                done_ttl_s=settings.dedup_ttl_s,
+                pending_ttl_s=settings.dedup_pending_ttl_s,
+                insert_timeout_s=settings.clickhouse_insert_timeout_s,
+            ),
             ingestion_lag_s=settings.ingestion_lag_s,
         )
         stack.push_async_callback(clickhouse_processor.aclose)

@@ -243,7 +243,7 @@ def embedded_clickhouse_url(data_dir: str | os.PathLike[str]) -> str:
     return "chdb://" + os.path.abspath(os.path.join(data_dir, "clickhouse"))
 
 
-def _connect(url: str, timeout_s: float) -> Client:
+def _connect(url: str, timeout_s: float, send_receive_timeout_s: float) -> Client:
     scheme = urlsplit(url).scheme
     if scheme == "chdb":
         path = urlsplit(url).path
@@ -254,7 +254,7 @@ def _connect(url: str, timeout_s: float) -> Client:
         return clickhouse_connect.get_client(
             dsn=url,
             connect_timeout=timeout_s,
-            send_receive_timeout=max(timeout_s, 30.0),
+            send_receive_timeout=send_receive_timeout_s,
             # No server session: the store keeps no session state (no temporary
             # tables, no SET), so nothing can ever hit "session is locked".
             autogenerate_session_id=False,
@@ -263,7 +263,11 @@ def _connect(url: str, timeout_s: float) -> Client:
 
 
 async def open_clickhouse(
-    url: str, *, connect_timeout_s: float = 5.0, max_queued: int = 256
+    url: str,
+    *,
+    connect_timeout_s: float = 5.0,
+    send_receive_timeout_s: float = 30.0,
+    max_queued: int = 256,
 ) -> ClickHouseStore:
     """Connect to ClickHouse and return a store that owns the client.
 
@@ -271,6 +275,7 @@ async def open_clickhouse(
         url: ``chdb:///abs/path`` (embedded engine, in-process; one path per
             process) or ``http(s)://user:pass@host:8123/db``.
         connect_timeout_s: TCP connect timeout of the HTTP client.
+        send_receive_timeout_s: Socket timeout of the HTTP client (bounds an insert).
         max_queued: Calls that may wait for the worker thread.
 
     Returns:
@@ -281,7 +286,9 @@ async def open_clickhouse(
     try:
         # Built on the worker thread, like every later call: chDB's engine is
         # initialised by the thread that uses it.
-        client = await loop.run_in_executor(executor, _connect, url, connect_timeout_s)
+        client = await loop.run_in_executor(
+            executor, _connect, url, connect_timeout_s, send_receive_timeout_s
+        )
     except BaseException:
         executor.shutdown(wait=False)
         raise

@@ -1,0 +1,375 @@
+"""Regression tests of the consistency issue's event paths, on real chDB and real Redis.
+
+Each test names the path it closes. Faults are injected around real
+components: an insert held at a gate (the event is claimed, its insert is in
+flight), an insert that fails because it is sent to an HTTP ClickHouse URL on
+a port nothing listens on (a real driver failure), a private Valkey that the
+test stops or freezes (never the machine's shared Redis). Tests synchronise on
+conditions, never on sleeps, and never assert on durations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from mcprouter.server import errors
+from mcprouter.server.cache import CacheAside, CircuitBreaker
+from mcprouter.server.clickhouse.ingest import EventBatcher
+from mcprouter.server.clickhouse.processor import ClickHouseProcessor
+from mcprouter.server.clickhouse.store import ClickHouseStore, open_clickhouse
+from mcprouter.server.keys import KeySpace
+from mcprouter.server.redis.connection import create_redis
+from mcprouter.server.stats import CacheStats
+from mcprouter.v1 import router_service_pb2 as rs
+from mcprouter.v1.events_pb2 import Event, EventMetrics, TrackEventsResult
+from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, Variant
+from mcprouter.v1.serve_status_pb2 import ServeStatus
+from tests.backends import RestartableValkey, restartable_valkey, unique_namespace
+from tests.integration.test_clickhouse_processor import event, policies
+
+STORED = ServeStatus.SERVE_STATUS_STORED
+DUPLICATE = ServeStatus.SERVE_STATUS_DUPLICATE
+FRESH = ServeStatus.SERVE_STATUS_FRESH
+CACHED = ServeStatus.SERVE_STATUS_CACHED
+# The documented default of DEDUP_PENDING_TTL_S: the longest a crashed claim blocks retries.
+DEFAULT_PENDING_TTL_S = 90
+
+
+def closed_port() -> int:
+    """A TCP port nothing listens on (bound to port 0, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chdb-events") / "clickhouse"
+
+
+@pytest.fixture(scope="module")
+async def store(chdb_path: Path) -> AsyncIterator[ClickHouseStore]:
+    store = await open_clickhouse(f"chdb://{chdb_path}")
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+@dataclass
+class Rig:
+    """One instance's ClickHouse processor over the shared chDB store and one Redis."""
+
+    processor: ClickHouseProcessor
+    store: ClickHouseStore
+    cache: CacheAside
+    stats: CacheStats
+    redis: aioredis.Redis
+    namespace: str
+    experiments: dict[str, Experiment]
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: int = 0
+    fail_inserts: bool = False
+
+    def add_experiment(self) -> str:
+        exp_id = f"e-{uuid.uuid4().hex[:10]}"
+        self.experiments[exp_id] = Experiment(
+            experiment_id=exp_id,
+            status=ExperimentStatus.EXPERIMENT_STATUS_RUNNING,
+            variants=[Variant(name=v, weight=1) for v in ("control", "treatment")],
+        )
+        return exp_id
+
+    def marker(self, event_id: str) -> str:
+        return f"{self.namespace}_dedup:{event_id}"
+
+    async def track(self, events: Sequence[Event]) -> TrackEventsResult:
+        result = await self.processor.track_events(rs.TrackEventsOperation(events=events))
+        assert isinstance(result.value, TrackEventsResult)
+        return result.value
+
+    async def metrics(self, exp_id: str, hour: datetime) -> tuple[int, int]:
+        op = rs.GetEventMetricsOperation(experiment_id=exp_id, variant="control", metric="click")
+        op.hour.FromDatetime(hour)
+        result = await self.processor.get_event_metrics(op)
+        assert isinstance(result.value, EventMetrics)
+        return result.status, result.value.count
+
+
+RigFactory = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def make_rig(store: ClickHouseStore, redis_url: str) -> AsyncIterator[RigFactory]:
+    """``await make_rig(redis_url=..., namespace=..., experiments=...)``: an instance.
+
+    Inserts go to the real chDB store, after the rig's gate opens (it starts
+    open); with ``fail_inserts`` they go to an HTTP ClickHouse URL nobody
+    listens on, and fail as the driver fails.
+    """
+    made: list[tuple[Rig, EventBatcher[Event], aioredis.Redis]] = []
+    dead_url = f"http://127.0.0.1:{closed_port()}"
+
+    async def make(
+        *,
+        url: str = redis_url,
+        namespace: str | None = None,
+        experiments: dict[str, Experiment] | None = None,
+        redis_timeout: float = 2.0,
+    ) -> Rig:
+        namespace = namespace or unique_namespace()
+        client = create_redis(url, pool_size=16, timeout_s=redis_timeout, pool_timeout_s=5.0)
+        stats, keyspace = CacheStats(), KeySpace(namespace)
+        cache = CacheAside(client, keyspace, stats, CircuitBreaker(), redis_timeout=redis_timeout)
+        shared = experiments if experiments is not None else {}
+        holder: list[Rig] = []
+
+        async def insert(events: Sequence[Event]) -> None:
+            rig = holder[0]
+            rig.waiting += 1
+            try:
+                await rig.gate.wait()
+            finally:
+                rig.waiting -= 1
+            if rig.fail_inserts:
+                dead = await open_clickhouse(dead_url)
+                try:
+                    await dead.insert_events(events)
+                finally:
+                    await dead.close()
+            else:
+                await store.insert_events(events)
+
+        async def lookup(exp_id: str) -> Experiment | None:
+            return shared.get(exp_id)
+
+        batcher: EventBatcher[Event] = EventBatcher(insert, max_batch=5000, max_delay_ms=5)
+        processor = ClickHouseProcessor(
+            store,
+            batcher,
+            cache,
+            redis=client,
+            keyspace=keyspace,
+            stats=stats,
+            policies=policies(),
+            experiments=lookup,
+        )
+        rig = Rig(processor, store, cache, stats, client, namespace, shared)
+        rig.gate.set()
+        holder.append(rig)
+        made.append((rig, batcher, client))
+        return rig
+
+    yield make
+    for rig, batcher, client in reversed(made):
+        rig.gate.set()
+        await rig.processor.aclose()
+        await batcher.aclose()
+        await rig.cache.aclose()
+        with contextlib.suppress(Exception):
+            keys = [k async for k in client.scan_iter(match=rig.namespace + "*", count=500)]
+            if keys:
+                await client.unlink(*keys)
+        await client.aclose()
+
+
+async def eventually(condition: Callable[[], bool], what: str, *, tries: int = 1000) -> None:
+    for _ in range(tries):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what}: not reached")
+
+
+async def eventually_async(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(1000):
+        if await condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what}: not reached")
+
+
+def valkey_pid(server: RestartableValkey) -> int:
+    import redis
+
+    client = redis.Redis.from_url(server.url)
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def frozen(server: RestartableValkey) -> Iterator[Callable[[], None]]:
+    """SIGSTOP our private Valkey; yields a function that thaws it (also done on exit)."""
+    pid = valkey_pid(server)
+    os.kill(pid, signal.SIGSTOP)
+    thawed = False
+
+    def thaw() -> None:
+        nonlocal thawed
+        if not thawed:
+            thawed = True
+            os.kill(pid, signal.SIGCONT)
+
+    try:
+        yield thaw
+    finally:
+        thaw()
+
+
+@pytest.fixture
+def private_valkey(tmp_path: Path) -> Iterator[RestartableValkey]:
+    with restartable_valkey(tmp_path / "valkey") as server:
+        yield server
+
+
+# --- 5. acknowledged events lost ----------------------------------------------------
+
+
+async def test_path5_a_retry_while_the_first_attempt_is_in_flight_is_never_duplicate(
+    make_rig: RigFactory,
+) -> None:
+    """The client retries while its first attempt waits for ClickHouse; that
+    insert then fails. The retry must not be DUPLICATE (the event would be
+    acknowledged twice and stored nowhere): it is UNAVAILABLE EVENTS_IN_FLIGHT,
+    and once the first attempt failed, a retry stores it."""
+    rig = await make_rig()
+    exp = rig.add_experiment()
+    e = event(exp)
+    rig.gate.clear()
+    first = asyncio.create_task(rig.track([e]))
+    await eventually(lambda: rig.waiting == 1, "first attempt claimed and inserting")
+
+    with pytest.raises(errors.Unavailable) as caught:
+        await rig.track([e])  # the retry, while the first attempt is in flight
+    assert caught.value.reason == "EVENTS_IN_FLIGHT"
+    assert caught.value.metadata["event_ids"] == e.event_id
+
+    rig.fail_inserts = True
+    rig.gate.set()
+    with pytest.raises(errors.Unavailable):
+        await first
+    assert await rig.store.count_events(exp) == 0
+
+    rig.fail_inserts = False
+    retried = await rig.track([e])
+    assert [o.status for o in retried.outcomes] == [STORED]
+    assert await rig.store.count_events(exp) == 1
+    again = await rig.track([e])
+    assert [o.status for o in again.outcomes] == [DUPLICATE]
+
+
+async def test_path5_a_batch_with_an_id_in_flight_claims_nothing(make_rig: RigFactory) -> None:
+    """All or nothing: one id in flight makes the whole request UNAVAILABLE and
+    claims none of its other ids, so the client resends the same batch."""
+    rig = await make_rig()
+    exp = rig.add_experiment()
+    busy, other, done = event(exp), event(exp, user="u2"), event(exp, user="u3")
+    assert (await rig.track([done])).stored == 1
+    rig.gate.clear()
+    first = asyncio.create_task(rig.track([busy]))
+    await eventually(lambda: rig.waiting == 1, "first attempt inserting")
+    second = asyncio.create_task(rig.track([done, other, busy]))
+
+    async def answered_or_claimed() -> bool:
+        return second.done() or bool(await rig.redis.exists(rig.marker(other.event_id)))
+
+    await eventually_async(answered_or_claimed, "second request answered")
+    assert second.done(), "the second request claimed ids and went on to insert them"
+    with pytest.raises(errors.Unavailable) as caught:
+        await second
+    assert caught.value.reason == "EVENTS_IN_FLIGHT"
+    assert caught.value.metadata["event_ids"] == busy.event_id
+    assert not await rig.redis.exists(rig.marker(other.event_id))  # nothing was claimed
+    rig.gate.set()
+    assert (await first).stored == 1
+    result = await rig.track([done, other, busy])
+    assert [o.status for o in result.outcomes] == [DUPLICATE, STORED, DUPLICATE]
+    assert await rig.store.count_events(exp) == 3
+
+
+async def test_path5_a_crash_between_claim_and_insert_blocks_retries_only_for_the_pending_ttl(
+    make_rig: RigFactory,
+) -> None:
+    """Instance A claims an event and "crashes" before its insert (it is held
+    forever, then fails). Instance B is asked to retry: EVENTS_IN_FLIGHT while
+    A's claim is pending, and A's claim lives the pending TTL, not 7 days; once
+    it has run out B stores the event, and A's late release (compare-and-delete)
+    does not remove B's record."""
+    a = await make_rig()
+    b = await make_rig(namespace=a.namespace, experiments=a.experiments)
+    exp = a.add_experiment()
+    e = event(exp)
+    a.gate.clear()
+    crashed = asyncio.create_task(a.track([e]))
+    await eventually(lambda: a.waiting == 1, "instance A claimed the event")
+
+    ttl = await a.redis.ttl(a.marker(e.event_id))
+    assert 0 < ttl <= DEFAULT_PENDING_TTL_S, ttl
+    with pytest.raises(errors.Unavailable) as caught:
+        await b.track([e])
+    assert caught.value.reason == "EVENTS_IN_FLIGHT"
+
+    # The pending TTL runs out (shortened here instead of waiting for it).
+    await a.redis.pexpire(a.marker(e.event_id), 1)
+    await eventually_async(
+        lambda: _gone(a.redis, a.marker(e.event_id)), "the pending claim expired"
+    )
+    assert [o.status for o in (await b.track([e])).outcomes] == [STORED]
+
+    a.fail_inserts = True
+    a.gate.set()
+    with pytest.raises(errors.Unavailable):
+        await crashed
+    assert await a.redis.get(a.marker(e.event_id)) == b"1"  # B's done record survived
+    assert [o.status for o in (await b.track([e])).outcomes] == [DUPLICATE]
+    assert await a.store.count_events(exp) == 1
+
+
+async def _gone(client: aioredis.Redis, key: str) -> bool:
+    return not await client.exists(key)
+
+
+async def test_path5_done_record_lost_to_a_redis_outage_is_written_once_redis_is_back(
+    make_rig: RigFactory, private_valkey: RestartableValkey
+) -> None:
+    """The insert succeeded but Redis went down before the record was marked
+    done: the event is stored, so the answer is STORED (not an error), and the
+    done record is retried until Redis takes it (here: a restarted, empty Redis)."""
+    rig = await make_rig(url=private_valkey.url, redis_timeout=0.5)
+    exp = rig.add_experiment()
+    e = event(exp)
+    rig.gate.clear()
+    task = asyncio.create_task(rig.track([e]))
+    await eventually(lambda: rig.waiting == 1, "claimed and inserting")
+    private_valkey.stop()
+    rig.gate.set()
+    result = await task
+    assert [o.status for o in result.outcomes] == [STORED]
+    assert await rig.store.count_events(exp) == 1
+
+    private_valkey.restart()
+    await eventually_async(
+        lambda: _equals(rig.redis, rig.marker(e.event_id), b"1"),
+        "the done record written after Redis came back",
+    )
+    assert await rig.redis.ttl(rig.marker(e.event_id)) > DEFAULT_PENDING_TTL_S
+    assert [o.status for o in (await rig.track([e])).outcomes] == [DUPLICATE]
+
+
+async def _equals(client: aioredis.Redis, key: str, value: bytes) -> bool:
+    with contextlib.suppress(Exception):
+        return bool(await client.get(key) == value)
+    return False
