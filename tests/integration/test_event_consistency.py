@@ -18,7 +18,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,7 @@ from mcprouter.v1.events_pb2 import Event, EventMetrics, TrackEventsResult
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, Variant
 from mcprouter.v1.serve_status_pb2 import ServeStatus
 from tests.backends import RestartableValkey, restartable_valkey, unique_namespace
-from tests.integration.test_clickhouse_processor import event, policies
+from tests.integration.test_clickhouse_processor import event, hour_of, policies
 
 STORED = ServeStatus.SERVE_STATUS_STORED
 DUPLICATE = ServeStatus.SERVE_STATUS_DUPLICATE
@@ -373,3 +373,33 @@ async def _equals(client: aioredis.Redis, key: str, value: bytes) -> bool:
     with contextlib.suppress(Exception):
         return bool(await client.get(key) == value)
     return False
+
+
+# --- 6. late-event invalidation gives up ----------------------------------------------
+
+
+async def test_path6_late_event_invalidation_is_retried_until_redis_takes_it(
+    make_rig: RigFactory, private_valkey: RestartableValkey
+) -> None:
+    """A late event for a closed, cached hour is stored while Redis is frozen:
+    it is acknowledged STORED, and the cached hour is removed once Redis thaws
+    (not left cached for the policy's days)."""
+    rig = await make_rig(url=private_valkey.url, redis_timeout=0.3)
+    exp = rig.add_experiment()
+    hour = hour_of(datetime.now(UTC)) - timedelta(hours=3)
+    await rig.track([event(exp, user=f"u{i}", at=hour + timedelta(minutes=i)) for i in range(3)])
+    assert await rig.metrics(exp, hour) == (FRESH, 3)
+    assert await rig.metrics(exp, hour) == (CACHED, 3)
+    cached = f"{rig.namespace}metrics:{exp}:control:click:{hour:%Y%m%d%H}"
+    assert await rig.redis.exists(cached)
+
+    rig.gate.clear()
+    late_event = event(exp, user="late", at=hour + timedelta(minutes=59))
+    late = asyncio.create_task(rig.track([late_event]))
+    await eventually(lambda: rig.waiting == 1, "late event claimed and inserting")
+    with frozen(private_valkey) as thaw:
+        rig.gate.set()
+        assert (await late).stored == 1
+        thaw()
+    await eventually_async(lambda: _gone(rig.redis, cached), "the closed hour invalidated")
+    assert await rig.metrics(exp, hour) == (FRESH, 4)

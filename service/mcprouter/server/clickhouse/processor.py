@@ -20,10 +20,11 @@ Ingestion (``track_events``), per request:
    nothing is reported DUPLICATE unless it is in ClickHouse. Marking done and
    releasing are retried until Redis takes them; a Redis failure there does
    not change the answer;
-4. then the real-time counters of the events' hours are updated, and late
-   events (for an already closed hour) invalidate that hour's cached metrics
-   and that day's cached analytics. The events are stored, so a Redis failure
-   here is logged, not reported.
+4. then the real-time counters of the events' hours are updated (best
+   effort: a Redis failure is logged, the events are stored), and late events
+   (for an already closed hour) invalidate that hour's cached metrics and that
+   day's cached analytics like any committed write (``CacheAside.after_write``:
+   retried until Redis takes it, a last try at shutdown).
 
 Steps 2-4 (``tracking.EventTracker``) run in a task the caller only awaits
 (shielded), so a cancelled RPC cannot leave a record pending for an event

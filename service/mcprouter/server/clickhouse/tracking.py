@@ -25,7 +25,7 @@ from mcprouter.server.cache.guard import REDIS_ERRORS
 from mcprouter.server.clickhouse.dedup import DedupPolicy, DedupRecords
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.realtime import RealtimeCounters, hour_start
-from mcprouter.server.errors import CacheUnavailable, RouterError, Unavailable
+from mcprouter.server.errors import RouterError, Unavailable
 from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats
@@ -121,10 +121,9 @@ class EventTracker:
                 late[keys.event_metrics_key(e.experiment_id, e.variant, e.event_type, hour)] = None
                 late[keys.analytics_key(e.experiment_id, hour)] = None
         if late:
-            try:
-                await self._cache.invalidate(list(late))
-            except CacheUnavailable as exc:
-                log.warning("late events stored but %d entries not invalidated: %s", len(late), exc)
+            # Like any committed write's invalidation: retried until Redis
+            # takes it (a closed hour is cached for days otherwise).
+            await self._cache.after_write(list(late))
 
     def _keep(self, task: asyncio.Task[list[bool]]) -> None:
         """Hold a task until done, so ``aclose`` finds it, and retrieve its outcome.
