@@ -298,7 +298,6 @@ async def main(cfg: Config) -> None:
                 store,
                 batcher,
                 cache,
-                redis=redis,
                 keyspace=keyspace,
                 stats=stats,
                 policies=policies(),

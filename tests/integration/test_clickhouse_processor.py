@@ -119,7 +119,6 @@ async def rig(
         store,
         batcher,
         cache,
-        redis=redis_client,
         keyspace=keyspace,
         stats=stats,
         policies=policies(),

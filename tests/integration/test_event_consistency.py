@@ -159,7 +159,6 @@ async def make_rig(store: ClickHouseStore, redis_url: str) -> AsyncIterator[RigF
             store,
             batcher,
             cache,
-            redis=client,
             keyspace=keyspace,
             stats=stats,
             policies=policies(),
@@ -403,3 +402,24 @@ async def test_path6_late_event_invalidation_is_retried_until_redis_takes_it(
         thaw()
     await eventually_async(lambda: _gone(rig.redis, cached), "the closed hour invalidated")
     assert await rig.metrics(exp, hour) == (FRESH, 4)
+
+
+# --- real-time counters behind the guarded Redis door ------------------------------------
+
+
+async def test_realtime_counters_go_through_the_guarded_redis_door(
+    make_rig: RigFactory, private_valkey: RestartableValkey
+) -> None:
+    """Reads of the open hour's counters count toward the circuit breaker like
+    every other Redis call, so a Redis outage stops costing each read a
+    timeout; the figures then come from ClickHouse."""
+    rig = await make_rig(url=private_valkey.url, redis_timeout=0.3)
+    exp = rig.add_experiment()
+    now = datetime.now(UTC)
+    hour = hour_of(now)
+    assert (await rig.track([event(exp, at=max(hour, now - timedelta(seconds=1)))])).stored == 1
+    assert await rig.metrics(exp, hour) == (FRESH, 1)  # from the counters
+    private_valkey.stop()
+    for _ in range(rig.cache.breaker.failure_threshold):
+        assert await rig.metrics(exp, hour) == (FRESH, 1)  # from ClickHouse
+    assert rig.cache.breaker.state != "closed"

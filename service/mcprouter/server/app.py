@@ -199,7 +199,6 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             clickhouse,
             batcher,
             cache,
-            redis=redis,
             keyspace=keyspace,
             stats=stats,
             policies=clickhouse_policies(settings),

@@ -61,11 +61,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import redis.asyncio as aioredis
-
 from mcprouter.server import keys
 from mcprouter.server.cache import CacheAside, CachePolicy
-from mcprouter.server.cache.guard import REDIS_ERRORS
 from mcprouter.server.clickhouse.analytics_report import build_analytics
 from mcprouter.server.clickhouse.dedup import DedupPolicy
 from mcprouter.server.clickhouse.ingest import EventBatcher
@@ -135,7 +132,6 @@ class ClickHouseProcessor:
         batcher: EventBatcher[Event],
         cache: CacheAside,
         *,
-        redis: aioredis.Redis,
         keyspace: KeySpace,
         stats: CacheStats,
         policies: ClickHousePolicies,
@@ -151,7 +147,6 @@ class ClickHouseProcessor:
             store: Where events are stored and aggregated.
             batcher: Group commit in front of ``store.insert_events``.
             cache: The shared cache-aside core.
-            redis: Keeps the real-time counters (a Lua script).
             keyspace: Namespace of internal keys.
             stats: Counts dedup hits.
             policies: Cache policies of metrics and analytics.
@@ -172,7 +167,6 @@ class ClickHouseProcessor:
         self._tracker = EventTracker(
             batcher,
             cache,
-            redis=redis,
             keyspace=keyspace,
             stats=stats,
             clock=clock,
@@ -265,13 +259,8 @@ class ClickHouseProcessor:
         return RouteResult(served.status, "event_metrics", served.value, key, served.stored_at)
 
     async def _open_hour(self, op: rs.GetEventMetricsOperation, hour: datetime) -> EventMetrics:
-        try:
-            figures = await self._tracker.counters.read(
-                op.experiment_id, op.variant, op.metric, hour
-            )
-        except REDIS_ERRORS as exc:
-            self._stats.redis_error()
-            log.warning("real-time counters unreadable, asking ClickHouse: %s", exc)
+        figures = await self._tracker.counters.read(op.experiment_id, op.variant, op.metric, hour)
+        if figures is None:  # Redis down (the guard logged it): the same figures, exact
             try:
                 return await self._store.hour_metrics(op.experiment_id, op.variant, op.metric, hour)
             except Exception as store_exc:

@@ -17,11 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-import redis.asyncio as aioredis
-
 from mcprouter.server import keys
 from mcprouter.server.cache import CacheAside
-from mcprouter.server.cache.guard import REDIS_ERRORS
 from mcprouter.server.clickhouse.dedup import DedupPolicy, DedupRecords
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.realtime import RealtimeCounters, hour_start
@@ -42,7 +39,6 @@ class EventTracker:
         batcher: EventBatcher[Event],
         cache: CacheAside,
         *,
-        redis: aioredis.Redis,
         keyspace: KeySpace,
         stats: CacheStats,
         clock: Callable[[], float] = time.time,
@@ -54,7 +50,7 @@ class EventTracker:
         self._stats = stats
         self._clock = clock
         self._lag_s = ingestion_lag_s
-        self._counters = RealtimeCounters(redis, keyspace)
+        self._counters = RealtimeCounters(cache.guard, keyspace)
         self._tasks: set[asyncio.Task[list[bool]]] = set()
         # Marking records done and releasing them: retried until Redis takes them.
         self._followups = FollowUps()
@@ -106,11 +102,8 @@ class EventTracker:
         return claim.is_new
 
     async def _after_insert(self, events: Sequence[Event]) -> None:
-        try:
-            await self._counters.record(events)
-        except REDIS_ERRORS as exc:
-            self._stats.redis_error()
-            log.warning("real-time counters of %d stored events not updated: %s", len(events), exc)
+        # Best effort (the guard logs and counts a failure): the events are stored.
+        await self._counters.record(events)
         # Epoch-second arithmetic: this runs for every stored event.
         closed_before = self._clock() - self._lag_s
         late: dict[str, None] = {}
