@@ -404,6 +404,63 @@ async def test_path6_late_event_invalidation_is_retried_until_redis_takes_it(
     assert await rig.metrics(exp, hour) == (FRESH, 4)
 
 
+# --- 10. one thread for every ClickHouse call -------------------------------------------
+
+SLOW_QUERY = "SELECT sleepEachRow(0.5) /* path10-slow */ FROM numbers(30)"
+
+
+async def test_path10_an_insert_is_acknowledged_while_a_slow_query_runs(
+    make_rig: RigFactory, chdb_path: Path
+) -> None:
+    """A long analytics-like query is running in ClickHouse; an event tracked
+    meanwhile is inserted and acknowledged before that query ends (the order
+    of what is observed, not durations)."""
+    import threading
+
+    import clickhouse_connect
+
+    rig = await make_rig()
+    exp = rig.add_experiment()
+    order: list[str] = []
+    started = threading.Event()
+
+    def slow(client: object) -> None:
+        started.set()
+        client.query(SLOW_QUERY, settings={"max_block_size": 1})  # type: ignore[attr-defined]
+
+    async def run_slow() -> None:
+        with contextlib.suppress(Exception):  # it ends killed (below) or by itself
+            await rig.store.run(slow)
+        order.append("query ended")
+
+    # A separate engine handle of the test's own, to watch and end the query.
+    observer = await asyncio.to_thread(clickhouse_connect.get_client, dsn=f"chdb://{chdb_path}")
+
+    def running() -> bool:
+        rows = observer.query(
+            "SELECT count() FROM system.processes WHERE query LIKE '%path10-slow%' "
+            "AND query NOT LIKE '%system.processes%'"
+        ).result_rows
+        return bool(rows[0][0])
+
+    slow_task = asyncio.create_task(run_slow())
+    try:
+        await eventually(started.is_set, "the slow query was sent")
+        await eventually_async(lambda: asyncio.to_thread(running), "the slow query runs")
+        result = await rig.track([event(exp)])
+        order.append("acknowledged")
+        assert result.stored == 1
+    finally:
+        await asyncio.to_thread(
+            observer.command,
+            "KILL QUERY WHERE query LIKE '%path10-slow%' AND query NOT LIKE '%KILL%' SYNC",
+        )
+        await slow_task
+        await asyncio.to_thread(observer.close)
+    assert order == ["acknowledged", "query ended"]
+    assert await rig.store.count_events(exp) == 1
+
+
 # --- real-time counters behind the guarded Redis door ------------------------------------
 
 

@@ -105,6 +105,7 @@ async def open_clickhouse_store(settings: Settings) -> AsyncIterator[ClickHouseS
     store = await open_clickhouse(
         settings.clickhouse_url or embedded_clickhouse_url(settings.data_dir),
         send_receive_timeout_s=settings.clickhouse_insert_timeout_s,
+        query_workers=settings.clickhouse_query_workers,
     )
     try:
         if settings.clickhouse_url is None or settings.migrate_on_start:

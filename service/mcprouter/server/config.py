@@ -154,6 +154,13 @@ class Settings(BaseSettings):
         "claim and insert blocks retries. Must exceed CLICKHOUSE_INSERT_TIMEOUT_S + "
         "INGEST_MAX_DELAY_MS + 5 s.",
     )
+    clickhouse_query_workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="ClickHouse reads that may run at once (each on its own client and thread; "
+        "inserts have a lane of their own, so a slow query never delays them).",
+    )
     clickhouse_insert_timeout_s: float = Field(
         30.0,
         gt=0,

@@ -1,13 +1,14 @@
 """ClickHouse store: raw events in, hourly and daily aggregates out.
 
-Knows SQL and protobuf, nothing about caching, dedup markers or gRPC.
+Knows SQL and protobuf, nothing about caching, dedup records or gRPC.
 
-One clickhouse-connect client, used from one worker thread. The client is
-synchronous (chDB has no async client) and a clickhouse-connect session must
-never run two queries at once (clickhouse-connect #295), so every call is
-queued onto a ``ThreadPoolExecutor(max_workers=1)``: calls run one at a time
-in arrival order, off the event loop. The queue is bounded by a semaphore, so
-a stuck ClickHouse makes callers wait instead of piling up work without limit.
+Calls run on two lanes of worker threads (``lanes``), each worker with a
+clickhouse-connect client of its own (the client is synchronous, chDB has no
+async client, and one client must never run two queries at once,
+clickhouse-connect #295): inserts on a lane of one worker, reads on a lane of
+``query_workers``. So a long analytics query never delays an insert, and so
+never delays the acknowledgement of events; and one slow query does not hold
+every other read. See ``lanes`` for what chDB allows.
 
 Queries bind every value server-side (``{name:Type}`` placeholders with
 ``parameters=``); table and column names are module constants, never input.
@@ -26,13 +27,11 @@ its dedup markers.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -42,6 +41,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from mcprouter.server.budget import remaining
+from mcprouter.server.clickhouse.lanes import Lane
 from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
 from mcprouter.v1.events_pb2 import Event, EventMetrics
 
@@ -107,7 +107,7 @@ def _event_columns(events: Sequence[Event]) -> list[list[Any]]:
 
 
 class ClickHouseStore:
-    """Events in ClickHouse, through one client on one worker thread.
+    """Events in ClickHouse, through an insert lane and a query lane.
 
     Attributes:
         queries: Read queries that reached ClickHouse.
@@ -115,19 +115,10 @@ class ClickHouseStore:
         inserted_rows: Rows those inserts carried.
     """
 
-    def __init__(
-        self, client: Client, executor: ThreadPoolExecutor, *, max_queued: int = 256
-    ) -> None:
-        """Take ownership of a client and the one-thread executor it is used from.
-
-        Args:
-            client: The clickhouse-connect client; ``close()`` closes it.
-            executor: A ``ThreadPoolExecutor(max_workers=1)``; ``close()`` shuts it down.
-            max_queued: Calls that may wait for the worker before callers block.
-        """
-        self._client = client
-        self._executor = executor
-        self._slots = asyncio.Semaphore(max_queued)
+    def __init__(self, inserts: Lane, queries: Lane) -> None:
+        """Take ownership of the two lanes; ``close()`` closes them."""
+        self._inserts = inserts
+        self._queries = queries
         self._closed = False
         self._last_ok = -math.inf
         self.queries = 0
@@ -135,12 +126,13 @@ class ClickHouseStore:
         self.inserted_rows = 0
 
     async def run(self, fn: Callable[[Client], T]) -> T:
-        """Run ``fn(client)`` on the worker thread (migrations, tests, benchmarks)."""
+        """Run ``fn(client)`` on the query lane (migrations, tests, benchmarks)."""
+        return await self._call(self._queries, fn)
+
+    async def _call(self, lane: Lane, fn: Callable[[Client], T]) -> T:
         if self._closed:
             raise ConnectionError("the ClickHouse store is closed")
-        async with self._slots:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, fn, self._client)
+        result = await lane.run(fn)
         self._last_ok = time.monotonic()
         return result
 
@@ -162,7 +154,7 @@ class ClickHouseStore:
                 column_oriented=True,
             )
 
-        await self.run(insert)
+        await self._call(self._inserts, insert)
         self.inserted_rows += len(events)
 
     async def hour_metrics(
@@ -221,21 +213,21 @@ class ClickHouseStore:
         """Raise unless ClickHouse answered within ``PING_FRESH_S`` or answers ``SELECT 1``.
 
         The health probe. A call that succeeded moments ago proves the store is
-        up; skipping the query then keeps the probe from queueing behind slow
-        analytics on the one worker thread and timing out under load.
+        up; skipping the query then saves a round trip under load. The query
+        runs on the insert lane, where it waits behind at most one insert,
+        never behind slow analytics.
         """
         if time.monotonic() - self._last_ok < PING_FRESH_S:
             return
-        await self.run(lambda client: client.command("SELECT 1"))
+        await self._call(self._inserts, lambda client: client.command("SELECT 1"))
 
     async def close(self) -> None:
-        """Wait for queued calls, close the client and stop the worker thread."""
+        """Wait for running calls, close every client and stop the worker threads."""
         if self._closed:
             return
         self._closed = True
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._client.close)
-        await loop.run_in_executor(None, functools.partial(self._executor.shutdown, wait=True))
+        await self._inserts.close()
+        await self._queries.close()
 
 
 def embedded_clickhouse_url(data_dir: str | os.PathLike[str]) -> str:
@@ -267,29 +259,29 @@ async def open_clickhouse(
     *,
     connect_timeout_s: float = 5.0,
     send_receive_timeout_s: float = 30.0,
-    max_queued: int = 256,
+    query_workers: int = 2,
 ) -> ClickHouseStore:
-    """Connect to ClickHouse and return a store that owns the client.
+    """Connect to ClickHouse and return a store that owns its clients.
 
     Args:
         url: ``chdb:///abs/path`` (embedded engine, in-process; one path per
             process) or ``http(s)://user:pass@host:8123/db``.
-        connect_timeout_s: TCP connect timeout of the HTTP client.
-        send_receive_timeout_s: Socket timeout of the HTTP client (bounds an insert).
-        max_queued: Calls that may wait for the worker thread.
+        connect_timeout_s: TCP connect timeout of the HTTP clients.
+        send_receive_timeout_s: Socket timeout of the HTTP clients (bounds an insert).
+        query_workers: Reads that may run at once.
 
     Returns:
         The store; ``await store.close()`` releases it.
     """
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
-    loop = asyncio.get_running_loop()
+    connect = functools.partial(_connect, url, connect_timeout_s, send_receive_timeout_s)
+    inserts = Lane("clickhouse-insert", connect, workers=1)
+    queries = Lane("clickhouse-query", connect, workers=query_workers)
     try:
-        # Built on the worker thread, like every later call: chDB's engine is
-        # initialised by the thread that uses it.
-        client = await loop.run_in_executor(
-            executor, _connect, url, connect_timeout_s, send_receive_timeout_s
-        )
+        # Each client is built on its worker's thread, like every later call.
+        await inserts.connect_all()
+        await queries.connect_all()
     except BaseException:
-        executor.shutdown(wait=False)
+        await inserts.close()
+        await queries.close()
         raise
-    return ClickHouseStore(client, executor, max_queued=max_queued)
+    return ClickHouseStore(inserts, queries)
