@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,13 @@ CACHED = ServeStatus.SERVE_STATUS_CACHED
 FRESH = ServeStatus.SERVE_STATUS_FRESH
 STORED = ServeStatus.SERVE_STATUS_STORED
 DUPLICATE = ServeStatus.SERVE_STATUS_DUPLICATE
+
+
+def closed_port() -> int:
+    """A TCP port nothing listens on (bound to port 0, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +113,16 @@ async def rig(
     cache = CacheAside(redis_client, keyspace, stats, CircuitBreaker(), redis_timeout=2.0)
     experiments: dict[str, Experiment] = {}
     holder: list[Rig] = []
+    dead_url = f"http://127.0.0.1:{closed_port()}"
 
     async def insert(events: Sequence[Event]) -> None:
         if holder[0].fail_inserts:
-            raise ConnectionError("ClickHouse is down (test)")
+            # A real ClickHouse client, sent to a port nothing listens on.
+            dead = await open_clickhouse(dead_url)
+            try:
+                await dead.insert_events(events)
+            finally:
+                await dead.close()
         await store.insert_events(events)
 
     async def lookup(exp_id: str) -> Experiment | None:

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from mcprouter.v1.events_pb2 import Event, EventMetrics, TrackEventsResult
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, Variant
 from mcprouter.v1.serve_status_pb2 import ServeStatus
 from tests.backends import RestartableValkey, restartable_valkey, unique_namespace
-from tests.integration.test_clickhouse_processor import event, hour_of, policies
+from tests.integration.test_clickhouse_processor import closed_port, event, hour_of, policies
 
 STORED = ServeStatus.SERVE_STATUS_STORED
 DUPLICATE = ServeStatus.SERVE_STATUS_DUPLICATE
@@ -45,13 +44,6 @@ FRESH = ServeStatus.SERVE_STATUS_FRESH
 CACHED = ServeStatus.SERVE_STATUS_CACHED
 # The documented default of DEDUP_PENDING_TTL_S: the longest a crashed claim blocks retries.
 DEFAULT_PENDING_TTL_S = 90
-
-
-def closed_port() -> int:
-    """A TCP port nothing listens on (bound to port 0, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

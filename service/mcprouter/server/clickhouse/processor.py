@@ -72,7 +72,6 @@ from mcprouter.server.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    Unavailable,
 )
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.router import Handler, RouteResult
@@ -261,12 +260,7 @@ class ClickHouseProcessor:
     async def _open_hour(self, op: rs.GetEventMetricsOperation, hour: datetime) -> EventMetrics:
         figures = await self._tracker.counters.read(op.experiment_id, op.variant, op.metric, hour)
         if figures is None:  # Redis down (the guard logged it): the same figures, exact
-            try:
-                return await self._store.hour_metrics(op.experiment_id, op.variant, op.metric, hour)
-            except Exception as store_exc:
-                raise Unavailable(
-                    "neither the real-time counters (Redis) nor ClickHouse answered"
-                ) from store_exc
+            return await self._store.hour_metrics(op.experiment_id, op.variant, op.metric, hour)
         metrics = EventMetrics(
             experiment_id=op.experiment_id,
             variant=op.variant,

@@ -20,9 +20,11 @@ Measured on this machine it costs nothing visible on a million rows (the
 sorting key already groups an experiment's hours together), and unlike
 ``uniqExact(event_id)`` it also keeps ``sum(value)`` exact.
 
-Failures (clickhouse-connect errors, ``OSError``) propagate unchanged: the
-cache core decides whether to serve a stale copy, the ingest path releases
-its dedup markers.
+Failures leave the store translated into the exception tree (``failures``):
+a ClickHouse that is down, overloaded or cut the query short is
+``Unavailable`` for reads and writes alike (the cache core then serves a stale
+copy if it has one, ingestion releases its dedup records); a call past the
+caller's deadline is ``TimeoutError``; a bug stays what it is.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from mcprouter.server.budget import remaining
+from mcprouter.server.clickhouse.failures import StoreClosed, translate
 from mcprouter.server.clickhouse.lanes import Lane
 from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
 from mcprouter.v1.events_pb2 import Event, EventMetrics
@@ -130,9 +133,16 @@ class ClickHouseStore:
         return await self._call(self._queries, fn)
 
     async def _call(self, lane: Lane, fn: Callable[[Client], T]) -> T:
-        if self._closed:
-            raise ConnectionError("the ClickHouse store is closed")
-        result = await lane.run(fn)
+        """Every call's way in and out: the one place driver failures are translated."""
+        try:
+            if self._closed:
+                raise StoreClosed("the ClickHouse store is closed")
+            result = await lane.run(fn)
+        except Exception as exc:
+            mapped = translate(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         self._last_ok = time.monotonic()
         return result
 
@@ -280,8 +290,11 @@ async def open_clickhouse(
         # Each client is built on its worker's thread, like every later call.
         await inserts.connect_all()
         await queries.connect_all()
-    except BaseException:
+    except BaseException as exc:
         await inserts.close()
         await queries.close()
-        raise
+        mapped = translate(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
     return ClickHouseStore(inserts, queries)

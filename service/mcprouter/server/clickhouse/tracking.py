@@ -22,7 +22,6 @@ from mcprouter.server.cache import CacheAside
 from mcprouter.server.clickhouse.dedup import DedupPolicy, DedupRecords
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.realtime import RealtimeCounters, hour_start
-from mcprouter.server.errors import RouterError, Unavailable
 from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats
@@ -86,16 +85,12 @@ class EventTracker:
             return claim.is_new
         try:
             await self._batcher.add(new, start_by=claim.start_by)
-        except Exception as exc:
-            # Not stored: let a retry claim these ids again.
+        except Exception:
+            # Not stored (or not known to be: a timed-out insert): let a retry
+            # claim these ids again. The error is already the exception tree's
+            # (the store translates its driver's failures), e.g. Unavailable.
             await self._dedup.release(claim)
-            if isinstance(exc, RouterError):
-                raise  # ResourceExhausted (back off) or Unavailable as is
-            raise Unavailable(
-                f"ClickHouse did not store {len(new)} events ({type(exc).__name__}: {exc}); "
-                "none of them was stored, retry them",
-                metadata={"events": str(len(new))},
-            ) from exc
+            raise
         # Stored: whatever Redis does now, the answer is STORED.
         await self._dedup.mark_done(claim)
         await self._after_insert(new)

@@ -1,0 +1,89 @@
+"""The ClickHouse store's boundary on real clients: failures leave it as the exception tree.
+
+Path 7 of the consistency issue: a ClickHouse failure is ``Unavailable``
+(UNAVAILABLE on the wire, ``store=clickhouse``), never a raw driver error
+(INTERNAL), for reads and writes alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pytest
+
+from mcprouter.server import errors
+from mcprouter.server.clickhouse.store import ClickHouseStore, open_clickhouse
+from mcprouter.v1.events_pb2 import Event
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def an_event() -> Event:
+    e = Event(event_id="ev-1", experiment_id="x", user_id="u", variant="v", event_type="click")
+    e.timestamp.FromDatetime(datetime.now(UTC))
+    return e
+
+
+@pytest.fixture(scope="module")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chdb-store") / "clickhouse"
+
+
+@pytest.fixture(scope="module")
+async def store(chdb_path: Path) -> AsyncIterator[ClickHouseStore]:
+    store = await open_clickhouse(f"chdb://{chdb_path}")
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+async def test_path7_a_query_clickhouse_cancels_is_unavailable(
+    store: ClickHouseStore, chdb_path: Path
+) -> None:
+    started = threading.Event()
+
+    def slow(client: Any) -> None:
+        started.set()
+        client.query(
+            "SELECT sleepEachRow(0.5) /* store-cancel */ FROM numbers(30)",
+            settings={"max_block_size": 1},
+        )
+
+    observer = await asyncio.to_thread(clickhouse_connect.get_client, dsn=f"chdb://{chdb_path}")
+
+    def running() -> bool:
+        rows = observer.query(
+            "SELECT count() FROM system.processes WHERE query LIKE '%store-cancel%' "
+            "AND query NOT LIKE '%system.processes%'"
+        ).result_rows
+        return bool(rows[0][0])
+
+    task = asyncio.create_task(store.run(slow))
+    try:
+        for _ in range(1000):
+            if started.is_set() and await asyncio.to_thread(running):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the slow query never ran")
+    finally:
+        await asyncio.to_thread(
+            observer.command,
+            "KILL QUERY WHERE query LIKE '%store-cancel%' AND query NOT LIKE '%KILL%' SYNC",
+        )
+        await asyncio.to_thread(observer.close)
+    with pytest.raises(errors.Unavailable) as caught:
+        await task
+    assert caught.value.metadata.get("store") == "clickhouse"
+    await store.ping()  # the store itself is fine afterwards
