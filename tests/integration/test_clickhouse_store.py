@@ -1,8 +1,9 @@
 """The ClickHouse store's boundary on real clients: failures leave it as the exception tree.
 
-Path 7 of the consistency issue: a ClickHouse failure is ``Unavailable``
-(UNAVAILABLE on the wire, ``store=clickhouse``), never a raw driver error
-(INTERNAL), for reads and writes alike.
+Path 7 of the consistency issue: an HTTP ClickHouse that is down (a port
+nothing listens on) must not stop the store from opening, and every call
+then fails ``Unavailable`` (UNAVAILABLE on the wire), never a raw driver
+error (INTERNAL). A query ClickHouse itself cancels is ``Unavailable`` too.
 """
 
 from __future__ import annotations
@@ -33,6 +34,21 @@ def an_event() -> Event:
     e = Event(event_id="ev-1", experiment_id="x", user_id="u", variant="v", event_type="click")
     e.timestamp.FromDatetime(datetime.now(UTC))
     return e
+
+
+async def test_path7_an_http_clickhouse_down_at_start_up_opens_and_answers_unavailable() -> None:
+    store = await open_clickhouse(f"http://127.0.0.1:{closed_port()}", connect_timeout_s=1.0)
+    try:
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        with pytest.raises(errors.Unavailable) as caught:
+            await store.hour_metrics("x", "v", "click", hour)
+        assert caught.value.metadata.get("store") == "clickhouse"
+        with pytest.raises(errors.Unavailable):
+            await store.insert_events([an_event()])
+        with pytest.raises(errors.Unavailable):
+            await store.ping()
+    finally:
+        await store.close()
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ from mcprouter.server.clickhouse.store import (
 )
 from mcprouter.server.config import Settings
 from mcprouter.server.embedded import embedded_postgres, embedded_redis
+from mcprouter.server.errors import Unavailable
 from mcprouter.server.health import Probe
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.postgres.migrations import apply_migrations
@@ -101,17 +102,23 @@ def clickhouse_policies(settings: Settings) -> ClickHousePolicies:
 
 @asynccontextmanager
 async def open_clickhouse_store(settings: Settings) -> AsyncIterator[ClickHouseStore]:
-    """The ClickHouse store (embedded chDB when no URL is set); migrated when embedded."""
+    """The ClickHouse store (embedded chDB when no URL is set), migrated on first use.
+
+    A ClickHouse that is down does not stop start-up, as for PostgreSQL and
+    Chroma: the store connects when it can, requests needing it answer
+    UNAVAILABLE until then, and the health probe reports ``clickhouse``.
+    """
     store = await open_clickhouse(
         settings.clickhouse_url or embedded_clickhouse_url(settings.data_dir),
         send_receive_timeout_s=settings.clickhouse_insert_timeout_s,
         query_workers=settings.clickhouse_query_workers,
+        migrate=settings.clickhouse_url is None or settings.migrate_on_start,
     )
     try:
-        if settings.clickhouse_url is None or settings.migrate_on_start:
-            applied = await store.migrate()
-            if applied:
-                log.info("applied ClickHouse migrations: %s", ", ".join(applied))
+        try:
+            await store.ping()  # connect (and migrate) now if it can
+        except Unavailable as exc:
+            log.warning("ClickHouse is unavailable at start-up, serving without it: %s", exc)
         yield store
     finally:
         await store.close()

@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import OperationalError
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,19 @@ class _Worker:
         self.client: Client | None = None
 
     def call(self, fn: Callable[[Client], T]) -> T:
-        """Run on the worker's thread: ``fn`` with this worker's client."""
+        """Run on the worker's thread: ``fn`` with this worker's client.
+
+        The client is made on first use and made again after the transport
+        failed, so a ClickHouse that is down at start-up, or restarts, is
+        picked up by the next call without anyone reconnecting by hand.
+        """
         if self.client is None:
             self.client = self._connect()
-        return fn(self.client)
+        try:
+            return fn(self.client)
+        except (OperationalError, OSError):
+            self.close_client()
+            raise
 
     def close_client(self) -> None:
         """Run on the worker's thread: close the client (it is made again when needed)."""
@@ -109,20 +119,9 @@ class Lane:
         # shield: cancelling the caller cannot stop a call already on the thread.
         return await asyncio.shield(future)
 
-    async def connect_all(self) -> None:
-        """Make every worker's client now (on its thread)."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(w.executor, w.call, _nothing) for w in self._workers)
-        )
-
     async def close(self) -> None:
         """Wait for running calls, close every client on its thread, stop the threads."""
         loop = asyncio.get_running_loop()
         for worker in self._workers:
             await loop.run_in_executor(worker.executor, worker.close_client)
             await loop.run_in_executor(None, functools.partial(worker.executor.shutdown, wait=True))
-
-
-def _nothing(client: Client) -> None:
-    del client

@@ -10,6 +10,12 @@ clickhouse-connect #295): inserts on a lane of one worker, reads on a lane of
 never delays the acknowledgement of events; and one slow query does not hold
 every other read. See ``lanes`` for what chDB allows.
 
+Nothing connects at start-up: each worker makes its client on first use and
+again after a transport failure, so the service starts with ClickHouse down
+(every call is then ``Unavailable`` and the health probe says so) and picks
+it up by itself when it answers. A store opened with ``migrate=True`` applies
+pending schema migrations before its first call, whenever that succeeds.
+
 Queries bind every value server-side (``{name:Type}`` placeholders with
 ``parameters=``); table and column names are module constants, never input.
 
@@ -29,7 +35,9 @@ caller's deadline is ``TimeoutError``; a bug stays what it is.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import math
 import os
 import time
@@ -49,6 +57,7 @@ from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
 from mcprouter.v1.events_pb2 import Event, EventMetrics
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 EVENTS_TABLE = "events"
 PING_FRESH_S = 2.0
@@ -118,10 +127,19 @@ class ClickHouseStore:
         inserted_rows: Rows those inserts carried.
     """
 
-    def __init__(self, inserts: Lane, queries: Lane) -> None:
-        """Take ownership of the two lanes; ``close()`` closes them."""
+    def __init__(self, inserts: Lane, queries: Lane, *, migrate: bool = False) -> None:
+        """Take ownership of the two lanes; ``close()`` closes them.
+
+        Args:
+            inserts: The lane of inserts (and health pings).
+            queries: The lane of reads.
+            migrate: Apply pending migrations before the first call that needs
+                ClickHouse (retried by each call until it succeeded).
+        """
         self._inserts = inserts
         self._queries = queries
+        self._unmigrated = migrate
+        self._migrating = asyncio.Lock()
         self._closed = False
         self._last_ok = -math.inf
         self.queries = 0
@@ -137,6 +155,8 @@ class ClickHouseStore:
         try:
             if self._closed:
                 raise StoreClosed("the ClickHouse store is closed")
+            if self._unmigrated:
+                await self._migrate_once()
             result = await lane.run(fn)
         except Exception as exc:
             mapped = translate(exc)
@@ -148,7 +168,16 @@ class ClickHouseStore:
 
     async def migrate(self) -> list[str]:
         """Apply pending schema migrations; return the versions applied."""
+        self._unmigrated = False
         return await self.run(apply_clickhouse_migrations)
+
+    async def _migrate_once(self) -> None:
+        async with self._migrating:  # one migration at a time; the others wait for it
+            if self._unmigrated:
+                applied = await self._queries.run(apply_clickhouse_migrations)
+                self._unmigrated = False
+                if applied:
+                    log.info("applied ClickHouse migrations: %s", ", ".join(applied))
 
     async def insert_events(self, events: Sequence[Event]) -> None:
         """Insert events as one block (one part, atomic up to a million rows)."""
@@ -252,16 +281,14 @@ def _connect(url: str, timeout_s: float, send_receive_timeout_s: float) -> Clien
         if path:
             os.makedirs(path, exist_ok=True)
         return clickhouse_connect.get_client(dsn=url)
-    if scheme in ("http", "https"):
-        return clickhouse_connect.get_client(
-            dsn=url,
-            connect_timeout=timeout_s,
-            send_receive_timeout=send_receive_timeout_s,
-            # No server session: the store keeps no session state (no temporary
-            # tables, no SET), so nothing can ever hit "session is locked".
-            autogenerate_session_id=False,
-        )
-    raise ValueError(f"unsupported ClickHouse URL scheme {scheme!r}: use chdb:// or http(s)://")
+    return clickhouse_connect.get_client(
+        dsn=url,
+        connect_timeout=timeout_s,
+        send_receive_timeout=send_receive_timeout_s,
+        # No server session: the store keeps no session state (no temporary
+        # tables, no SET), so nothing can ever hit "session is locked".
+        autogenerate_session_id=False,
+    )
 
 
 async def open_clickhouse(
@@ -270,8 +297,9 @@ async def open_clickhouse(
     connect_timeout_s: float = 5.0,
     send_receive_timeout_s: float = 30.0,
     query_workers: int = 2,
+    migrate: bool = False,
 ) -> ClickHouseStore:
-    """Connect to ClickHouse and return a store that owns its clients.
+    """A store that owns its clients; nothing connects until the first call.
 
     Args:
         url: ``chdb:///abs/path`` (embedded engine, in-process; one path per
@@ -279,22 +307,18 @@ async def open_clickhouse(
         connect_timeout_s: TCP connect timeout of the HTTP clients.
         send_receive_timeout_s: Socket timeout of the HTTP clients (bounds an insert).
         query_workers: Reads that may run at once.
+        migrate: Apply pending migrations before the first call (see the class).
 
     Returns:
         The store; ``await store.close()`` releases it.
+
+    Raises:
+        ValueError: The URL's scheme is neither ``chdb`` nor ``http(s)``.
     """
+    scheme = urlsplit(url).scheme
+    if scheme not in ("chdb", "http", "https"):
+        raise ValueError(f"unsupported ClickHouse URL scheme {scheme!r}: use chdb:// or http(s)://")
     connect = functools.partial(_connect, url, connect_timeout_s, send_receive_timeout_s)
     inserts = Lane("clickhouse-insert", connect, workers=1)
     queries = Lane("clickhouse-query", connect, workers=query_workers)
-    try:
-        # Each client is built on its worker's thread, like every later call.
-        await inserts.connect_all()
-        await queries.connect_all()
-    except BaseException as exc:
-        await inserts.close()
-        await queries.close()
-        mapped = translate(exc)
-        if mapped is exc:
-            raise
-        raise mapped from exc
-    return ClickHouseStore(inserts, queries)
+    return ClickHouseStore(inserts, queries, migrate=migrate)
