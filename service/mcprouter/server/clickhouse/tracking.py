@@ -12,7 +12,6 @@ sequence half-way.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -26,8 +25,6 @@ from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1.events_pb2 import Event
-
-log = logging.getLogger(__name__)
 
 
 class EventTracker:
