@@ -103,3 +103,41 @@ async def test_path7_a_query_clickhouse_cancels_is_unavailable(
         await task
     assert caught.value.metadata.get("store") == "clickhouse"
     await store.ping()  # the store itself is fine afterwards
+
+
+async def test_reads_run_side_by_side_on_the_query_lane_each_on_its_own_client(
+    store: ClickHouseStore, chdb_path: Path
+) -> None:
+    """Two slow reads are in ClickHouse at the same time (two workers, two chDB
+    handles); neither waits for the other."""
+
+    def slow(client: Any) -> None:
+        client.query(
+            "SELECT sleepEachRow(0.5) /* side-by-side */ FROM numbers(30)",
+            settings={"max_block_size": 1},
+        )
+
+    observer = await asyncio.to_thread(clickhouse_connect.get_client, dsn=f"chdb://{chdb_path}")
+
+    def running() -> int:
+        rows = observer.query(
+            "SELECT count() FROM system.processes WHERE query LIKE '%side-by-side%' "
+            "AND query NOT LIKE '%system.processes%'"
+        ).result_rows
+        return int(rows[0][0])
+
+    tasks = [asyncio.create_task(store.run(slow)) for _ in range(2)]
+    try:
+        for _ in range(1000):
+            if await asyncio.to_thread(running) == 2:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the two reads never ran at the same time")
+    finally:
+        await asyncio.to_thread(
+            observer.command,
+            "KILL QUERY WHERE query LIKE '%side-by-side%' AND query NOT LIKE '%KILL%' SYNC",
+        )
+        await asyncio.to_thread(observer.close)
+        await asyncio.gather(*tasks, return_exceptions=True)
