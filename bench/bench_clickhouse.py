@@ -56,7 +56,6 @@ from mcprouter.server.clickhouse.store import (
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.operations import validated as validate_route_data
 from mcprouter.server.redis.connection import create_redis
-from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.events_pb2 import Event
@@ -299,8 +298,6 @@ async def main(cfg: Config) -> None:
                 store,
                 batcher,
                 cache,
-                dedup=RedisProcessor(redis, keyspace, stats, cache),
-                redis=redis,
                 keyspace=keyspace,
                 stats=stats,
                 policies=policies(),

@@ -89,19 +89,22 @@ class LocalCluster:
         folder = self._folder / str(port)
         folder.mkdir(parents=True, exist_ok=True)
         log = (folder / "valkey.log").open("ab")
+        options = {
+            "port": str(port),
+            "bind": "127.0.0.1",
+            "cluster-enabled": "yes",
+            "cluster-config-file": str(folder / "nodes.conf"),
+            "cluster-node-timeout": "2000",
+            "appendonly": "no",
+            "save": "",
+            "dir": str(folder),
+            "daemonize": "no",
+        }
+        argv = [self._binary]
+        for name, value in options.items():
+            argv += [f"--{name}", value]
         return subprocess.Popen(
-            [
-                self._binary,
-                "--port", str(port),
-                "--bind", "127.0.0.1",
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", str(folder / "nodes.conf"),
-                "--cluster-node-timeout", "2000",
-                "--appendonly", "no",
-                "--save", "",
-                "--dir", str(folder),
-                "--daemonize", "no",
-            ],  # fmt: skip
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ from mcprouter.server.clickhouse.store import ClickHouseStore, open_clickhouse
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.operations import validated as validate_route_data
 from mcprouter.server.redis.connection import create_redis
-from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.events_pb2 import Analytics, Event, EventMetrics, TrackEventsResult
@@ -42,6 +42,13 @@ CACHED = ServeStatus.SERVE_STATUS_CACHED
 FRESH = ServeStatus.SERVE_STATUS_FRESH
 STORED = ServeStatus.SERVE_STATUS_STORED
 DUPLICATE = ServeStatus.SERVE_STATUS_DUPLICATE
+
+
+def closed_port() -> int:
+    """A TCP port nothing listens on (bound to port 0, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +113,16 @@ async def rig(
     cache = CacheAside(redis_client, keyspace, stats, CircuitBreaker(), redis_timeout=2.0)
     experiments: dict[str, Experiment] = {}
     holder: list[Rig] = []
+    dead_url = f"http://127.0.0.1:{closed_port()}"
 
     async def insert(events: Sequence[Event]) -> None:
         if holder[0].fail_inserts:
-            raise ConnectionError("ClickHouse is down (test)")
+            # A real ClickHouse client, sent to a port nothing listens on.
+            dead = await open_clickhouse(dead_url)
+            try:
+                await dead.insert_events(events)
+            finally:
+                await dead.close()
         await store.insert_events(events)
 
     async def lookup(exp_id: str) -> Experiment | None:
@@ -120,8 +133,6 @@ async def rig(
         store,
         batcher,
         cache,
-        dedup=RedisProcessor(redis_client, keyspace, stats, cache),
-        redis=redis_client,
         keyspace=keyspace,
         stats=stats,
         policies=policies(),
@@ -180,14 +191,20 @@ async def test_migrations_are_idempotent(store: ClickHouseStore) -> None:
 
 
 async def test_same_event_sent_50_times_at_once_is_stored_once(rig: Rig) -> None:
+    """One copy is STORED; the others are DUPLICATE once it is stored, or
+    UNAVAILABLE EVENTS_IN_FLIGHT while it is being stored (never DUPLICATE
+    before: that insert could still fail)."""
     exp = rig.add_experiment()
     e = event(exp)
-    results = await asyncio.gather(*(track(rig, [e]) for _ in range(50)))
-    statuses = [r.outcomes[0].status for r in results]
+    results = await asyncio.gather(*(track(rig, [e]) for _ in range(50)), return_exceptions=True)
+    statuses = [r.outcomes[0].status for r in results if isinstance(r, TrackEventsResult)]
+    in_flight = [r for r in results if isinstance(r, errors.Unavailable)]
+    assert all(r.reason == "EVENTS_IN_FLIGHT" for r in in_flight), in_flight
     assert statuses.count(STORED) == 1
-    assert statuses.count(DUPLICATE) == 49
+    assert statuses.count(DUPLICATE) + len(in_flight) == 49
     assert await rig.store.count_events(exp) == 1
-    assert rig.stats.snapshot().dedup_hits == 49
+    assert rig.stats.snapshot().dedup_hits == statuses.count(DUPLICATE)
+    assert (await track(rig, [e])).outcomes[0].status == DUPLICATE  # the retry, later
 
 
 async def test_repeats_within_one_request_are_duplicates(rig: Rig) -> None:

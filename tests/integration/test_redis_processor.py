@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -115,17 +114,6 @@ async def test_invalidations_are_counted(
     assert stats.snapshot().invalidations == 2
 
 
-async def test_dedup_marker_admits_exactly_one_of_many_concurrent_callers(
-    ops: RedisProcessor, redis_client: aioredis.Redis, namespace: str
-) -> None:
-    results = await asyncio.gather(*(ops.mark_once("dedup", "ev-1", 60) for _ in range(50)))
-    assert results.count(True) == 1
-    ttl = await redis_client.ttl(namespace + "_dedup:ev-1")
-    assert 0 < ttl <= 60
-    assert await ops.release_marks("dedup", ["ev-1"]) == 1
-    assert await ops.mark_once("dedup", "ev-1", 60) is True
-
-
 async def test_figures_report_memory_and_keys(ops: RedisProcessor) -> None:
     figures = await ops.figures()
     assert figures.used_memory_bytes > 0
@@ -140,5 +128,5 @@ async def test_redis_down_is_reported_not_swallowed(dead_redis: aioredis.Redis) 
     with pytest.raises(CacheUnavailable):
         await ops.get_cached(["experiment:e1"])
     with pytest.raises(CacheUnavailable):
-        await ops.mark_once("dedup", "ev", 10)
+        await ops.figures()
     assert stats.snapshot().redis_errors == 3

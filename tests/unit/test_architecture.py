@@ -66,6 +66,20 @@ def test_the_cache_and_the_stores_do_not_load_our_grpc_code_even_indirectly() ->
     assert done.stdout.strip() == "[]", done.stdout
 
 
+def test_no_processor_imports_a_sibling_store_package() -> None:
+    offenders = []
+    for path, names in modules().items():
+        home = top_folder(path)
+        if home not in STORES:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[:2] == ["mcprouter", "server"] and len(parts) > 2:
+                if parts[2] in STORES and parts[2] != home:
+                    offenders.append(f"{path.relative_to(SERVER)} imports {name}")
+    assert offenders == []
+
+
 def test_every_exception_class_of_the_service_is_in_the_one_tree() -> None:
     from mcprouter.server import errors
 

@@ -44,6 +44,14 @@ def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch, name: str, val
         Settings(_env_file=None)
 
 
+def test_the_pending_dedup_ttl_must_outlast_an_insert(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLICKHOUSE_INSERT_TIMEOUT_S", "86")  # 86 + 0.015 + 5 > 90
+    with pytest.raises(ValidationError, match="DEDUP_PENDING_TTL_S"):
+        Settings(_env_file=None)
+    monkeypatch.setenv("DEDUP_PENDING_TTL_S", "92")
+    assert Settings(_env_file=None).dedup_pending_ttl_s == 92
+
+
 def test_every_setting_is_documented_in_help_and_readme(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -164,3 +164,25 @@ async def test_one_sink_call_at_a_time() -> None:
     await asyncio.gather(batcher.flush(), *adds)
     assert peak == 1
     await batcher.aclose()
+
+
+async def test_items_whose_write_cannot_start_by_their_deadline_are_failed_not_written() -> None:
+    now = [0.0]
+    sink = Sink()
+    sink.gate = asyncio.Event()
+    batcher = EventBatcher(sink, max_batch=10, max_delay_ms=0, clock=lambda: now[0])
+    first = asyncio.create_task(batcher.add([1]))
+    await sink.entered.wait()  # the first write is in progress, held at the gate
+    late = asyncio.create_task(batcher.add([2], start_by=5.0))
+    on_time = asyncio.create_task(batcher.add([3], start_by=50.0))
+    await asyncio.sleep(0)
+    now[0] = 10.0  # the held write outlasted the first deadline
+    sink.gate.set()
+    await first
+    await on_time
+    with pytest.raises(Unavailable) as caught:
+        await late
+    assert caught.value.reason == "INGEST_QUEUE_TIMEOUT"
+    assert sink.written == [1, 3]
+    assert batcher.pending == 0
+    await batcher.aclose()

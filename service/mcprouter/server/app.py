@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker, LocalCache
 from mcprouter.server.chroma.processor import ChromaProcessor
 from mcprouter.server.chroma.store import ChromaStore, open_chroma
+from mcprouter.server.clickhouse.dedup import DedupPolicy
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.processor import (
     ClickHousePolicies,
@@ -34,6 +35,7 @@ from mcprouter.server.clickhouse.store import (
 )
 from mcprouter.server.config import Settings
 from mcprouter.server.embedded import embedded_postgres, embedded_redis
+from mcprouter.server.errors import Unavailable
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.postgres.migrations import apply_migrations
 from mcprouter.server.postgres.pool import create_pool
@@ -102,15 +104,23 @@ def clickhouse_policies(settings: Settings) -> ClickHousePolicies:
 
 @asynccontextmanager
 async def open_clickhouse_store(settings: Settings) -> AsyncIterator[ClickHouseStore]:
-    """The ClickHouse store (embedded chDB when no URL is set); migrated when embedded."""
+    """The ClickHouse store (embedded chDB when no URL is set), migrated on first use.
+
+    A ClickHouse that is down does not stop start-up, as for PostgreSQL and
+    Chroma: the store connects when it can, requests needing it answer
+    UNAVAILABLE until then, and the health probe reports ``clickhouse``.
+    """
     store = await open_clickhouse(
-        settings.clickhouse_url or embedded_clickhouse_url(settings.data_dir)
+        settings.clickhouse_url or embedded_clickhouse_url(settings.data_dir),
+        send_receive_timeout_s=settings.clickhouse_insert_timeout_s,
+        query_workers=settings.clickhouse_query_workers,
+        migrate=settings.clickhouse_url is None or settings.migrate_on_start,
     )
     try:
-        if settings.clickhouse_url is None or settings.migrate_on_start:
-            applied = await store.migrate()
-            if applied:
-                log.info("applied ClickHouse migrations: %s", ", ".join(applied))
+        try:
+            await store.ping()  # connect (and migrate) now if it can
+        except Unavailable as exc:
+            log.warning("ClickHouse is unavailable at start-up, serving without it: %s", exc)
         yield store
     finally:
         await store.close()
@@ -206,15 +216,17 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             clickhouse,
             batcher,
             cache,
-            dedup=cache_ops,
-            redis=redis,
             keyspace=keyspace,
             stats=stats,
             policies=clickhouse_policies(settings),
             experiments=experiment_lookup(
                 cache, postgres_store.get_experiment, pg_policies.experiment
             ),
-            dedup_ttl_s=settings.dedup_ttl_s,
+            dedup_policy=DedupPolicy(
+                done_ttl_s=settings.dedup_ttl_s,
+                pending_ttl_s=settings.dedup_pending_ttl_s,
+                insert_timeout_s=settings.clickhouse_insert_timeout_s,
+            ),
             ingestion_lag_s=settings.ingestion_lag_s,
         )
         stack.push_async_callback(clickhouse_processor.aclose)

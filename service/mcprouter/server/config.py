@@ -154,7 +154,31 @@ class Settings(BaseSettings):
         "RESOURCE_EXHAUSTED (at least INGEST_MAX_BATCH).",
     )
     dedup_ttl_s: int = Field(
-        604_800, ge=1, description="How long an event id is remembered for deduplication."
+        604_800,
+        ge=1,
+        description="How long a stored event's id is remembered for deduplication (done record).",
+    )
+    dedup_pending_ttl_s: int = Field(
+        90,
+        ge=10,
+        le=86_400,
+        description="How long an event id stays claimed while its insert is in flight (pending "
+        "record; retries get UNAVAILABLE EVENTS_IN_FLIGHT), and so the longest a crash between "
+        "claim and insert blocks retries. Must exceed CLICKHOUSE_INSERT_TIMEOUT_S + "
+        "INGEST_MAX_DELAY_MS + 5 s.",
+    )
+    clickhouse_query_workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="ClickHouse reads that may run at once (each on its own client and thread; "
+        "inserts have a lane of their own, so a slow query never delays them).",
+    )
+    clickhouse_insert_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3_600,
+        description="Bound on one ClickHouse insert (HTTP send/receive timeout).",
     )
     ingestion_lag_s: float = Field(
         300.0,
@@ -244,6 +268,14 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.ingest_max_pending < self.ingest_max_batch:
             raise ValueError("INGEST_MAX_PENDING must be at least INGEST_MAX_BATCH")
+        # An insert must be able to start after the batcher's delay and still
+        # end before its events' pending records expire (see clickhouse/dedup.py).
+        least = self.clickhouse_insert_timeout_s + self.ingest_max_delay_ms / 1000 + 5
+        if self.dedup_pending_ttl_s <= least:
+            raise ValueError(
+                "DEDUP_PENDING_TTL_S must exceed CLICKHOUSE_INSERT_TIMEOUT_S + "
+                f"INGEST_MAX_DELAY_MS + 5 s ({least:g} s)"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:

@@ -20,6 +20,12 @@ A cancelled caller does not take its events out of a batch (they may already
 be on their way into ClickHouse); the flush still runs and its outcome is
 still delivered to the future.
 
+Bounded wait: a caller may give ``start_by`` (on the batcher's clock): if
+its events' insert has not started by then, they are failed with
+``Unavailable`` without being inserted. Event ingestion uses it so that an
+insert never starts after the dedup records of its events could have expired
+(see ``dedup``).
+
 Shutdown: ``aclose()`` stops accepting, flushes everything pending and waits
 for it, so nothing acknowledged is lost and nothing pending is dropped
 silently. Bounded memory: at most ``max_pending`` events wait; beyond that
@@ -49,6 +55,7 @@ Sink = Callable[[Sequence[T]], Awaitable[None]]
 class _Pending(Generic[T]):
     items: Sequence[T]
     done: asyncio.Future[None]
+    start_by: float | None = None
 
 
 class EventBatcher(Generic[T]):
@@ -95,11 +102,16 @@ class EventBatcher(Generic[T]):
         """Items waiting for a flush."""
         return self._pending_items
 
-    async def add(self, items: Sequence[T]) -> None:
+    async def add(self, items: Sequence[T], *, start_by: float | None = None) -> None:
         """Queue ``items`` and return once the batch carrying them is written.
 
+        Args:
+            items: What to write, all in one batch.
+            start_by: When (on ``clock``) the write must have started at the
+                latest; ``None``: no bound.
+
         Raises:
-            Unavailable: The batcher is shut down.
+            Unavailable: The batcher is shut down, or ``start_by`` passed first.
             ResourceExhausted: ``max_pending`` items are already waiting.
             Exception: Whatever the sink raised for the batch.
         """
@@ -115,7 +127,7 @@ class EventBatcher(Generic[T]):
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._pending:
             self._first_at = self._clock()
-        self._pending.append(_Pending(items, done))
+        self._pending.append(_Pending(items, done, start_by))
         self._pending_items += len(items)
         self._wake.set()
         if self._pending_items >= self._max_batch:
@@ -145,6 +157,7 @@ class EventBatcher(Generic[T]):
 
     def _take(self) -> list[_Pending[T]]:
         """Whole submissions, oldest first, up to ``max_batch`` items (at least one)."""
+        self._expire()
         taken: list[_Pending[T]] = []
         count = 0
         while self._pending and (
@@ -162,6 +175,28 @@ class EventBatcher(Generic[T]):
         if not self._pending and not self._closing:
             self._wake.clear()
         return taken
+
+    def _expire(self) -> None:
+        """Fail the submissions whose write can no longer start in time."""
+        now = self._clock()
+        late = [e for e in self._pending if e.start_by is not None and e.start_by < now]
+        if not late:
+            return
+        expired = {id(e) for e in late}
+        self._pending = [e for e in self._pending if id(e) not in expired]
+        for entry in late:
+            self._pending_items -= len(entry.items)
+            if not entry.done.done():
+                entry.done.set_exception(
+                    Unavailable(
+                        f"{len(entry.items)} events waited too long for ClickHouse and were "
+                        "not stored; retry them",
+                        reason="INGEST_QUEUE_TIMEOUT",
+                        metadata={"store": "clickhouse"},
+                    )
+                )
+                entry.done.exception()  # retrieved: a cancelled caller never awaits it
+        log.warning("%d event submissions expired before their insert started", len(late))
 
     async def _flush_once(self) -> None:
         async with self._flushing:

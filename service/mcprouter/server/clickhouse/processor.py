@@ -4,23 +4,31 @@ Ingestion (``track_events``), per request:
 
 1. every event's experiment must exist and list the event's variant, else
    INVALID_ARGUMENT naming ``track_events.events[i].experiment_id``/``.variant``;
-2. each event id is claimed with ``SET NX EX`` (family ``dedup``, all of a
-   request's ids in one Lua script call, ``dedup_ttl_s``); a repeat, also
-   within one request, is DUPLICATE and written nowhere. If Redis is down
+2. the request's event ids are claimed, all or nothing, by one Lua script
+   (``dedup``): an id *done* (stored earlier), or repeated within the request,
+   is DUPLICATE and written nowhere; an id *pending* (an earlier attempt is
+   still storing it) makes the whole request UNAVAILABLE with reason
+   ``EVENTS_IN_FLIGHT`` and claims nothing (resend it shortly); the other
+   ids are claimed *pending* for ``DEDUP_PENDING_TTL_S``. If Redis is down
    nothing can be deduplicated, so the request fails UNAVAILABLE rather than
    risk counting events twice;
 3. new events go to the group-commit batcher; the call returns once the
-   ClickHouse insert carrying them succeeded. If it failed, the markers of
-   those events are released (so a retry is accepted) and the caller gets
-   UNAVAILABLE: nothing is reported STORED unless it is in ClickHouse;
-4. then the real-time counters of the events' hours are updated, and late
-   events (for an already closed hour) invalidate that hour's cached metrics
-   and that day's cached analytics. Both are best effort: the events are
-   stored, so a Redis failure here is logged, not reported.
+   ClickHouse insert carrying them succeeded, and their records are then
+   marked *done* (kept ``DEDUP_TTL_S``). If the insert failed, the records
+   this call claimed are released (so a retry is accepted) and the caller gets
+   UNAVAILABLE: nothing is reported STORED unless it is in ClickHouse, and
+   nothing is reported DUPLICATE unless it is in ClickHouse. Marking done and
+   releasing are retried until Redis takes them; a Redis failure there does
+   not change the answer;
+4. then the real-time counters of the events' hours are updated (best
+   effort: a Redis failure is logged, the events are stored), and late events
+   (for an already closed hour) invalidate that hour's cached metrics and that
+   day's cached analytics like any committed write (``CacheAside.after_write``:
+   retried until Redis takes it, a last try at shutdown).
 
-Steps 2-4 (``event_tracking.EventTracker``) run in a task the caller only
-awaits (shielded), so a cancelled RPC cannot leave a marker set for an event
-that was never inserted.
+Steps 2-4 (``tracking.EventTracker``) run in a task the caller only awaits
+(shielded), so a cancelled RPC cannot leave a record pending for an event
+whose insert outcome nobody handled.
 
 The answer's status is STORED when at least one event was stored and
 DUPLICATE when all were duplicates; the per-event outcomes are the real answer.
@@ -53,13 +61,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import redis.asyncio as aioredis
-
 from mcprouter.server import keys
 from mcprouter.server import operations as ops
 from mcprouter.server.cache import CacheAside, CachePolicy
-from mcprouter.server.cache.guard import REDIS_ERRORS
 from mcprouter.server.clickhouse.analytics_report import build_analytics
+from mcprouter.server.clickhouse.dedup import DedupPolicy
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.store import ClickHouseStore
 from mcprouter.server.clickhouse.tracking import EventTracker
@@ -67,10 +73,8 @@ from mcprouter.server.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    Unavailable,
 )
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.router import Handlers, RouteResult
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
@@ -128,14 +132,12 @@ class ClickHouseProcessor:
         batcher: EventBatcher[Event],
         cache: CacheAside,
         *,
-        dedup: RedisProcessor,
-        redis: aioredis.Redis,
         keyspace: KeySpace,
         stats: CacheStats,
         policies: ClickHousePolicies,
         experiments: ExperimentLookup,
         clock: Callable[[], float] = time.time,
-        dedup_ttl_s: int = 7 * 86_400,
+        dedup_policy: DedupPolicy | None = None,
         ingestion_lag_s: float = 300.0,
         recent_hours_s: float = 86_400.0,
     ) -> None:
@@ -145,14 +147,12 @@ class ClickHouseProcessor:
             store: Where events are stored and aggregated.
             batcher: Group commit in front of ``store.insert_events``.
             cache: The shared cache-aside core.
-            dedup: Releases dedup markers after a failed insert.
-            redis: Claims markers and keeps the real-time counters (Lua scripts).
             keyspace: Namespace of internal keys.
             stats: Counts dedup hits.
             policies: Cache policies of metrics and analytics.
             experiments: Looks an experiment up (None if it does not exist).
             clock: Epoch seconds.
-            dedup_ttl_s: How long an event id is remembered in Redis.
+            dedup_policy: TTLs of the dedup records (pending, done).
             ingestion_lag_s: How long after its end an hour may still receive events.
             recent_hours_s: Closed hours younger than this use ``event_metrics``.
         """
@@ -167,12 +167,10 @@ class ClickHouseProcessor:
         self._tracker = EventTracker(
             batcher,
             cache,
-            dedup=dedup,
-            redis=redis,
             keyspace=keyspace,
             stats=stats,
             clock=clock,
-            dedup_ttl_s=dedup_ttl_s,
+            dedup_policy=dedup_policy,
             ingestion_lag_s=ingestion_lag_s,
         )
 
@@ -258,19 +256,9 @@ class ClickHouseProcessor:
         return RouteResult(served.status, served.value, key, served.stored_at)
 
     async def _open_hour(self, op: rs.GetEventMetricsOperation, hour: datetime) -> EventMetrics:
-        try:
-            figures = await self._tracker.counters.read(
-                op.experiment_id, op.variant, op.metric, hour
-            )
-        except REDIS_ERRORS as exc:
-            self._stats.redis_error()
-            log.warning("real-time counters unreadable, asking ClickHouse: %s", exc)
-            try:
-                return await self._store.hour_metrics(op.experiment_id, op.variant, op.metric, hour)
-            except Exception as store_exc:
-                raise Unavailable(
-                    "neither the real-time counters (Redis) nor ClickHouse answered"
-                ) from store_exc
+        figures = await self._tracker.counters.read(op.experiment_id, op.variant, op.metric, hour)
+        if figures is None:  # Redis down (the guard logged it): the same figures, exact
+            return await self._store.hour_metrics(op.experiment_id, op.variant, op.metric, hour)
         metrics = EventMetrics(
             experiment_id=op.experiment_id,
             variant=op.variant,
@@ -307,7 +295,7 @@ class ClickHouseProcessor:
         return experiment
 
     async def aclose(self) -> None:
-        """Let in-flight ingestion finish, then cancel background marker releases.
+        """Let in-flight ingestion finish, then give pending dedup-record writes a last try.
 
         Close this before the batcher (``EventBatcher.aclose``) and the store.
         """

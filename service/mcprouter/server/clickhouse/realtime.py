@@ -16,6 +16,14 @@ Counters are updated only after ClickHouse acknowledged the events, once
 per request, aggregated per key, by one Lua script call: atomic (a reader
 never sees a count without its sum), and one command instead of five per
 key, because redis-py's per-command CPU cost dominated batch ingestion.
+
+Every call goes through the cache's guarded Redis door (``GuardedRedis.call``:
+the caller's deadline, the Redis timeout, the circuit breaker, the error
+counters) and fails open: while Redis is down a read answers ``None`` (the
+processor asks ClickHouse instead) and an update is skipped. An update is not
+retried: HINCRBY is not idempotent (a timed-out call may have been applied),
+and the counters are only the open hour's approximate view; ClickHouse, which
+closed hours are read from, has every stored event.
 """
 
 from __future__ import annotations
@@ -24,12 +32,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import redis.asyncio as aioredis
-
+from mcprouter.server.cache.guard import Down, GuardedRedis
 from mcprouter.server.keys import KeySpace
 from mcprouter.v1.events_pb2 import Event
+from mcprouter.v1.serve_status_pb2 import DataType
 
 DEFAULT_TTL_S = 2 * 86_400
+_METRICS = DataType.DATA_TYPE_EVENT_METRICS
 # KEYS: hash, hll, hash, hll, ...; ARGV: ttl, then per key pair:
 # count, sum, number of users, the users.
 RECORD_SCRIPT = """
@@ -74,21 +83,22 @@ class RealtimeCounters:
     """Per-hour count, value sum and unique users, kept in Redis."""
 
     def __init__(
-        self, redis: aioredis.Redis, keyspace: KeySpace, *, ttl_s: int = DEFAULT_TTL_S
+        self, guard: GuardedRedis, keyspace: KeySpace, *, ttl_s: int = DEFAULT_TTL_S
     ) -> None:
-        self._redis = redis
+        self._guard = guard
         self._keyspace = keyspace
         self._ttl_s = ttl_s
-        self._record_script = redis.register_script(RECORD_SCRIPT)
+        self._record_script = guard.client.register_script(RECORD_SCRIPT)
 
     def _hash_key(self, experiment_id: str, variant: str, metric: str, hour: datetime) -> str:
         return self._keyspace.internal("rt", experiment_id, variant, metric, f"{hour:%Y%m%d%H}")
 
-    async def record(self, events: Sequence[Event]) -> None:
+    async def record(self, events: Sequence[Event]) -> bool:
         """Add stored events to their hours' counters (one script call).
 
-        Raises:
-            RedisError, OSError: Redis failed; some counters may be updated.
+        Returns:
+            False when Redis was skipped or failed (logged and counted by the
+            guard); some counters may then be updated.
         """
         # Grouped by epoch hour (an int): no datetime per event, one per group.
         groups: dict[tuple[str, str, str, int], _Group] = {}
@@ -104,22 +114,30 @@ class RealtimeCounters:
             hkey = self._hash_key(exp, variant, metric, datetime.fromtimestamp(hour, UTC))
             redis_keys += [hkey, f"{hkey}:users"]
             args += [group.count, repr(group.total), len(group.users), *group.users]
-        if redis_keys:
-            await self._record_script(keys=redis_keys, args=args)
+        if not redis_keys:
+            return True
+        reply = await self._guard.call(
+            "counters update",
+            redis_keys[0],
+            _METRICS,
+            lambda: self._record_script(keys=redis_keys, args=args),
+        )
+        return not isinstance(reply, Down)
 
     async def read(
         self, experiment_id: str, variant: str, metric: str, hour: datetime
-    ) -> HourFigures:
-        """The counters of one hour (zeros when nothing was counted).
-
-        Raises:
-            RedisError, OSError: Redis failed.
-        """
+    ) -> HourFigures | None:
+        """The counters of one hour (zeros when nothing was counted); None if Redis is down."""
         hkey = self._hash_key(experiment_id, variant, metric, hour)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(hkey, ["count", "sum"])
-            pipe.pfcount(f"{hkey}:users")
-            (count, total), users = await pipe.execute()
-        return HourFigures(
-            count=int(count or 0), sum=float(total or 0.0), unique_users=int(users or 0)
-        )
+
+        async def fetch() -> HourFigures:
+            async with self._guard.client.pipeline(transaction=False) as pipe:
+                pipe.hmget(hkey, ["count", "sum"])
+                pipe.pfcount(f"{hkey}:users")
+                (count, total), users = await pipe.execute()
+            return HourFigures(
+                count=int(count or 0), sum=float(total or 0.0), unique_users=int(users or 0)
+            )
+
+        reply = await self._guard.call("counters read", hkey, _METRICS, fetch)
+        return None if isinstance(reply, Down) else reply

@@ -1,13 +1,20 @@
 """ClickHouse store: raw events in, hourly and daily aggregates out.
 
-Knows SQL and protobuf, nothing about caching, dedup markers or gRPC.
+Knows SQL and protobuf, nothing about caching, dedup records or gRPC.
 
-One clickhouse-connect client, used from one worker thread. The client is
-synchronous (chDB has no async client) and a clickhouse-connect session must
-never run two queries at once (clickhouse-connect #295), so every call is
-queued onto a ``ThreadPoolExecutor(max_workers=1)``: calls run one at a time
-in arrival order, off the event loop. The queue is bounded by a semaphore, so
-a stuck ClickHouse makes callers wait instead of piling up work without limit.
+Calls run on two lanes of worker threads (``lanes``), each worker with a
+clickhouse-connect client of its own (the client is synchronous, chDB has no
+async client, and one client must never run two queries at once,
+clickhouse-connect #295): inserts on a lane of one worker, reads on a lane of
+``query_workers``. So a long analytics query never delays an insert, and so
+never delays the acknowledgement of events; and one slow query does not hold
+every other read. See ``lanes`` for what chDB allows.
+
+Nothing connects at start-up: each worker makes its client on first use and
+again after a transport failure, so the service starts with ClickHouse down
+(every call is then ``Unavailable`` and the health probe says so) and picks
+it up by itself when it answers. A store opened with ``migrate=True`` applies
+pending schema migrations before its first call, whenever that succeeds.
 
 Queries bind every value server-side (``{name:Type}`` placeholders with
 ``parameters=``); table and column names are module constants, never input.
@@ -19,20 +26,22 @@ Measured on this machine it costs nothing visible on a million rows (the
 sorting key already groups an experiment's hours together), and unlike
 ``uniqExact(event_id)`` it also keeps ``sum(value)`` exact.
 
-Failures (clickhouse-connect errors, ``OSError``) propagate unchanged: the
-cache core decides whether to serve a stale copy, the ingest path releases
-its dedup markers.
+Failures leave the store translated into the exception tree (``failures``):
+a ClickHouse that is down, overloaded or cut the query short is
+``Unavailable`` for reads and writes alike (the cache core then serves a stale
+copy if it has one, ingestion releases its dedup records); a call past the
+caller's deadline is ``TimeoutError``; a bug stays what it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -42,10 +51,14 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from mcprouter.server.budget import remaining
+from mcprouter.server.clickhouse.failures import translate
+from mcprouter.server.clickhouse.lanes import Lane
 from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
+from mcprouter.server.errors import StoreClosed
 from mcprouter.v1.events_pb2 import Event, EventMetrics
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 EVENTS_TABLE = "events"
 PING_FRESH_S = 2.0
@@ -107,7 +120,7 @@ def _event_columns(events: Sequence[Event]) -> list[list[Any]]:
 
 
 class ClickHouseStore:
-    """Events in ClickHouse, through one client on one worker thread.
+    """Events in ClickHouse, through an insert lane and a query lane.
 
     Attributes:
         queries: Read queries that reached ClickHouse.
@@ -115,19 +128,19 @@ class ClickHouseStore:
         inserted_rows: Rows those inserts carried.
     """
 
-    def __init__(
-        self, client: Client, executor: ThreadPoolExecutor, *, max_queued: int = 256
-    ) -> None:
-        """Take ownership of a client and the one-thread executor it is used from.
+    def __init__(self, inserts: Lane, queries: Lane, *, migrate: bool = False) -> None:
+        """Take ownership of the two lanes; ``close()`` closes them.
 
         Args:
-            client: The clickhouse-connect client; ``close()`` closes it.
-            executor: A ``ThreadPoolExecutor(max_workers=1)``; ``close()`` shuts it down.
-            max_queued: Calls that may wait for the worker before callers block.
+            inserts: The lane of inserts (and health pings).
+            queries: The lane of reads.
+            migrate: Apply pending migrations before the first call that needs
+                ClickHouse (retried by each call until it succeeded).
         """
-        self._client = client
-        self._executor = executor
-        self._slots = asyncio.Semaphore(max_queued)
+        self._inserts = inserts
+        self._queries = queries
+        self._unmigrated = migrate
+        self._migrating = asyncio.Lock()
         self._closed = False
         self._last_ok = -math.inf
         self.queries = 0
@@ -135,18 +148,40 @@ class ClickHouseStore:
         self.inserted_rows = 0
 
     async def run(self, fn: Callable[[Client], T]) -> T:
-        """Run ``fn(client)`` on the worker thread (migrations, tests, benchmarks)."""
-        if self._closed:
-            raise ConnectionError("the ClickHouse store is closed")
-        async with self._slots:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, fn, self._client)
+        """Run ``fn(client)`` on the query lane (migrations, tests, benchmarks)."""
+        return await self._call(self._queries, fn)
+
+    async def _call(self, lane: Lane, fn: Callable[[Client], T]) -> T:
+        """Every call's way in and out: the one place driver failures are translated."""
+        try:
+            if self._closed:
+                raise StoreClosed(
+                    "ClickHouse is closing on this instance (shutting down); retry on another",
+                    metadata={"store": "clickhouse"},
+                )
+            if self._unmigrated:
+                await self._migrate_once()
+            result = await lane.run(fn)
+        except Exception as exc:
+            mapped = translate(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         self._last_ok = time.monotonic()
         return result
 
     async def migrate(self) -> list[str]:
         """Apply pending schema migrations; return the versions applied."""
+        self._unmigrated = False
         return await self.run(apply_clickhouse_migrations)
+
+    async def _migrate_once(self) -> None:
+        async with self._migrating:  # one migration at a time; the others wait for it
+            if self._unmigrated:
+                applied = await self._queries.run(apply_clickhouse_migrations)
+                self._unmigrated = False
+                if applied:
+                    log.info("applied ClickHouse migrations: %s", ", ".join(applied))
 
     async def insert_events(self, events: Sequence[Event]) -> None:
         """Insert events as one block (one part, atomic up to a million rows)."""
@@ -162,7 +197,7 @@ class ClickHouseStore:
                 column_oriented=True,
             )
 
-        await self.run(insert)
+        await self._call(self._inserts, insert)
         self.inserted_rows += len(events)
 
     async def hour_metrics(
@@ -221,21 +256,21 @@ class ClickHouseStore:
         """Raise unless ClickHouse answered within ``PING_FRESH_S`` or answers ``SELECT 1``.
 
         The health probe. A call that succeeded moments ago proves the store is
-        up; skipping the query then keeps the probe from queueing behind slow
-        analytics on the one worker thread and timing out under load.
+        up; skipping the query then saves a round trip under load. The query
+        runs on the insert lane, where it waits behind at most one insert,
+        never behind slow analytics.
         """
         if time.monotonic() - self._last_ok < PING_FRESH_S:
             return
-        await self.run(lambda client: client.command("SELECT 1"))
+        await self._call(self._inserts, lambda client: client.command("SELECT 1"))
 
     async def close(self) -> None:
-        """Wait for queued calls, close the client and stop the worker thread."""
+        """Wait for running calls, close every client and stop the worker threads."""
         if self._closed:
             return
         self._closed = True
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._client.close)
-        await loop.run_in_executor(None, functools.partial(self._executor.shutdown, wait=True))
+        await self._inserts.close()
+        await self._queries.close()
 
 
 def embedded_clickhouse_url(data_dir: str | os.PathLike[str]) -> str:
@@ -243,46 +278,51 @@ def embedded_clickhouse_url(data_dir: str | os.PathLike[str]) -> str:
     return "chdb://" + os.path.abspath(os.path.join(data_dir, "clickhouse"))
 
 
-def _connect(url: str, timeout_s: float) -> Client:
+def _connect(url: str, timeout_s: float, send_receive_timeout_s: float) -> Client:
     scheme = urlsplit(url).scheme
     if scheme == "chdb":
         path = urlsplit(url).path
         if path:
             os.makedirs(path, exist_ok=True)
         return clickhouse_connect.get_client(dsn=url)
-    if scheme in ("http", "https"):
-        return clickhouse_connect.get_client(
-            dsn=url,
-            connect_timeout=timeout_s,
-            send_receive_timeout=max(timeout_s, 30.0),
-            # No server session: the store keeps no session state (no temporary
-            # tables, no SET), so nothing can ever hit "session is locked".
-            autogenerate_session_id=False,
-        )
-    raise ValueError(f"unsupported ClickHouse URL scheme {scheme!r}: use chdb:// or http(s)://")
+    return clickhouse_connect.get_client(
+        dsn=url,
+        connect_timeout=timeout_s,
+        send_receive_timeout=send_receive_timeout_s,
+        # No server session: the store keeps no session state (no temporary
+        # tables, no SET), so nothing can ever hit "session is locked".
+        autogenerate_session_id=False,
+    )
 
 
 async def open_clickhouse(
-    url: str, *, connect_timeout_s: float = 5.0, max_queued: int = 256
+    url: str,
+    *,
+    connect_timeout_s: float = 5.0,
+    send_receive_timeout_s: float = 30.0,
+    query_workers: int = 2,
+    migrate: bool = False,
 ) -> ClickHouseStore:
-    """Connect to ClickHouse and return a store that owns the client.
+    """A store that owns its clients; nothing connects until the first call.
 
     Args:
         url: ``chdb:///abs/path`` (embedded engine, in-process; one path per
             process) or ``http(s)://user:pass@host:8123/db``.
-        connect_timeout_s: TCP connect timeout of the HTTP client.
-        max_queued: Calls that may wait for the worker thread.
+        connect_timeout_s: TCP connect timeout of the HTTP clients.
+        send_receive_timeout_s: Socket timeout of the HTTP clients (bounds an insert).
+        query_workers: Reads that may run at once.
+        migrate: Apply pending migrations before the first call (see the class).
 
     Returns:
         The store; ``await store.close()`` releases it.
+
+    Raises:
+        ValueError: The URL's scheme is neither ``chdb`` nor ``http(s)``.
     """
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
-    loop = asyncio.get_running_loop()
-    try:
-        # Built on the worker thread, like every later call: chDB's engine is
-        # initialised by the thread that uses it.
-        client = await loop.run_in_executor(executor, _connect, url, connect_timeout_s)
-    except BaseException:
-        executor.shutdown(wait=False)
-        raise
-    return ClickHouseStore(client, executor, max_queued=max_queued)
+    scheme = urlsplit(url).scheme
+    if scheme not in ("chdb", "http", "https"):
+        raise ValueError(f"unsupported ClickHouse URL scheme {scheme!r}: use chdb:// or http(s)://")
+    connect = functools.partial(_connect, url, connect_timeout_s, send_receive_timeout_s)
+    inserts = Lane("clickhouse-insert", connect, workers=1)
+    queries = Lane("clickhouse-query", connect, workers=query_workers)
+    return ClickHouseStore(inserts, queries, migrate=migrate)

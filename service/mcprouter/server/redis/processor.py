@@ -2,8 +2,9 @@
 
 ``GetCached`` (one pipeline: MGET plus PTTL per key), ``Invalidate`` (exact
 keys, one-family patterns, entities; removal itself is the cache core's, see
-``cache/invalidation.py``) and the ``SET NX EX`` dedup primitive that event
-ingestion builds on.
+``cache/invalidation.py``) and the figures ``Stats`` reports. (Event dedup
+records live in ``clickhouse/dedup.py``: they need a pending state, which a
+plain ``SET NX`` marker cannot express.)
 
 Unlike cached reads, these operations have no store to fall back to, so a
 Redis failure is reported (``CacheUnavailable``), never swallowed: an
@@ -119,24 +120,6 @@ class RedisProcessor:
         async with self._reporting("Invalidate"):
             await self._redis.incr(self._keyspace.generation(collection))
         return await self._cache.invalidate(patterns=[keys.collection_pattern(collection)])
-
-    async def mark_once(self, family: str, ident: str, ttl_s: int) -> bool:
-        """Set a marker unless it exists (``SET NX EX``); True if this call set it.
-
-        The dedup primitive: the first caller for an id wins, every later one
-        within ``ttl_s`` sees False.
-        """
-        async with self._reporting("dedup"):
-            created = await self._redis.set(
-                self._keyspace.internal(family, ident), b"1", nx=True, ex=ttl_s
-            )
-        return bool(created)
-
-    async def release_marks(self, family: str, idents: Sequence[str]) -> int:
-        """Remove markers set by ``mark_once`` (e.g. after a failed write)."""
-        async with self._reporting("dedup release"):
-            markers = [self._keyspace.internal(family, i) for i in idents]
-            return int(await self._redis.unlink(*markers)) if markers else 0
 
     async def figures(self) -> RedisFigures:
         """Memory in use and key count of the Redis database."""
