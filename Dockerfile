@@ -1,5 +1,12 @@
-# The production image: the service only; stores come from docker-compose.yml.
-FROM python:3.11-slim
+# The production image: the service only (no embedded servers, no client SDK);
+# the stores come from docker-compose.yml or Kubernetes. tests/e2e/test_image.py
+# builds a wheel from exactly the files copied here and runs these commands.
+# Base pinned to a patch release: bump it on purpose, not by a rebuild.
+FROM python:3.11.13-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -7,7 +14,7 @@ COPY protos protos
 COPY generated generated
 COPY service service
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 mcprouter
-USER mcprouter
+USER 10001
 
 ENV LISTEN_ADDRESS=0.0.0.0:50051 \
     DATA_DIR=/tmp/mcp-router

@@ -152,8 +152,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "health":
         sys.exit(_health(args.address, args.service, args.timeout))
     if args.command == "demo":
-        from mcprouter.demo import main as demo_main
-
+        try:
+            from mcprouter.demo import main as demo_main
+        except ModuleNotFoundError as exc:  # the image ships the server only
+            sys.exit(f"mcp-router demo needs the client SDK (mcprouter.client): {exc}")
         sys.exit(demo_main(args.target, token=args.token, tls_ca=args.tls_ca))
     settings = _load_settings(args.env_file)
     _configure_logging(settings)
