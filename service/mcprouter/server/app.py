@@ -57,6 +57,7 @@ class App:
 
     settings: Settings
     redis: aioredis.Redis
+    state_redis: aioredis.Redis
     postgres: asyncpg.Pool
     clickhouse: ClickHouseStore
     chroma: ChromaStore
@@ -145,6 +146,18 @@ async def open_postgres(settings: Settings, stack: AsyncExitStack) -> AsyncItera
         await pool.close()
 
 
+def open_redis(settings: Settings, url: str, stack: AsyncExitStack) -> aioredis.Redis:
+    """A client tuned for the service (``create_redis``), closed with ``stack``."""
+    client = create_redis(
+        url,
+        pool_size=settings.redis_pool_size,
+        timeout_s=settings.redis_timeout_ms / 1000,
+        pool_timeout_s=settings.redis_pool_timeout_ms / 1000,
+    )
+    stack.push_async_callback(client.aclose)
+    return client
+
+
 @asynccontextmanager
 async def open_app(settings: Settings) -> AsyncIterator[App]:
     """Open every resource the server needs; close them all on exit."""
@@ -153,13 +166,10 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         if redis_url is None:
             redis_url = await stack.enter_async_context(embedded_redis(settings.data_dir))
         redis_timeout_s = settings.redis_timeout_ms / 1000
-        redis = create_redis(
-            redis_url,
-            pool_size=settings.redis_pool_size,
-            timeout_s=redis_timeout_s,
-            pool_timeout_s=settings.redis_pool_timeout_ms / 1000,
-        )
-        stack.push_async_callback(redis.aclose)
+        redis = open_redis(settings, redis_url, stack)
+        # The state role (what cannot be rebuilt) on its own server when configured.
+        state_url = settings.redis_state_url
+        state = redis if state_url in (None, redis_url) else open_redis(settings, state_url, stack)
         postgres = await stack.enter_async_context(open_postgres(settings, stack))
         if settings.postgres_dsn is None or settings.migrate_on_start:
             await migrate(postgres)
@@ -187,7 +197,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         )
         cache.start()
         stack.push_async_callback(cache.aclose)
-        cache_ops = RedisProcessor(redis, keyspace, stats, cache)
+        cache_ops = RedisProcessor(redis, keyspace, stats, cache, state=state)
         postgres_store = PostgresStore(postgres)
         pg_policies = postgres_policies(settings)
         postgres_processor = PostgresProcessor(postgres_store, cache, pg_policies)
@@ -207,7 +217,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             batcher,
             cache,
             dedup=cache_ops,
-            redis=redis,
+            redis=state,
             keyspace=keyspace,
             stats=stats,
             policies=clickhouse_policies(settings),
@@ -231,7 +241,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         chroma_processor = ChromaProcessor(
             chroma,
             cache,
-            redis,
+            state,
             keyspace,
             cache_policy(settings, DataType.DATA_TYPE_SEARCH, settings.ttl_search_s),
         )
@@ -248,6 +258,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         yield App(
             settings=settings,
             redis=redis,
+            state_redis=state,
             postgres=postgres,
             clickhouse=clickhouse,
             chroma=chroma,
@@ -258,6 +269,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             router=Router(handlers),
             probes={
                 "redis": cache_ops.ping,
+                **({"redis_state": cache_ops.ping_state} if state is not redis else {}),
                 "postgres": postgres_probe,
                 "clickhouse": clickhouse.ping,
                 "chroma": chroma.ping,

@@ -34,7 +34,15 @@ class Settings(BaseSettings):
         Path(".mcp-router"), description="Folder for the embedded servers' data and logs."
     )
     redis_url: str | None = Field(
-        None, description="Redis URL, e.g. redis://host:6379/0. Unset: embedded Valkey."
+        None,
+        description="Redis URL of the cache role (evictable: maxmemory with allkeys-lru), e.g. "
+        "redis://host:6379/0. Unset: embedded Valkey (persisted under DATA_DIR).",
+    )
+    redis_state_url: str | None = Field(
+        None,
+        description="Redis URL of the state role: dedup records, search generations and "
+        "real-time counters, which must never be evicted (noeviction, persisted). Unset: "
+        "the server of REDIS_URL.",
     )
     redis_pool_size: int = Field(
         64, ge=1, le=10_000, description="Maximum Redis connections; callers wait for one."

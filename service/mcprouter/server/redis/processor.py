@@ -49,9 +49,26 @@ class RedisProcessor:
     """Cache-only operations on the shared Redis."""
 
     def __init__(
-        self, redis: aioredis.Redis, keyspace: KeySpace, stats: CacheStats, cache: CacheAside
+        self,
+        redis: aioredis.Redis,
+        keyspace: KeySpace,
+        stats: CacheStats,
+        cache: CacheAside,
+        *,
+        state: aioredis.Redis | None = None,
     ) -> None:
+        """Borrow the clients and the cache core.
+
+        Args:
+            redis: The cache role (cached values).
+            keyspace: Namespace of every key.
+            stats: Counts Redis errors.
+            cache: The cache core, which does every removal.
+            state: The state role (dedup markers, search generations); the
+                cache role's client when it is the same server.
+        """
         self._redis = redis
+        self._state = state if state is not None else redis
         self._keyspace = keyspace
         self._stats = stats
         # Every removal (keys, patterns, entities) goes through the core, which
@@ -119,7 +136,7 @@ class RedisProcessor:
         from mcprouter.server.chroma.search_keys import generation_key
 
         async with self._reporting("Invalidate"):
-            await self._redis.incr(generation_key(self._keyspace, collection))
+            await self._state.incr(generation_key(self._keyspace, collection))
         return await self._cache.invalidate(patterns=[keys.collection_pattern(collection)])
 
     async def mark_once(self, family: str, ident: str, ttl_s: int) -> bool:
@@ -129,7 +146,7 @@ class RedisProcessor:
         within ``ttl_s`` sees False.
         """
         async with self._reporting("dedup"):
-            created = await self._redis.set(
+            created = await self._state.set(
                 self._keyspace.internal(family, ident), b"1", nx=True, ex=ttl_s
             )
         return bool(created)
@@ -138,7 +155,7 @@ class RedisProcessor:
         """Remove markers set by ``mark_once`` (e.g. after a failed write)."""
         async with self._reporting("dedup release"):
             markers = [self._keyspace.internal(family, i) for i in idents]
-            return int(await self._redis.unlink(*markers)) if markers else 0
+            return int(await self._state.unlink(*markers)) if markers else 0
 
     async def figures(self) -> RedisFigures:
         """Memory in use and key count of the Redis database."""
@@ -150,5 +167,9 @@ class RedisProcessor:
         return RedisFigures(int(memory.get("used_memory", 0)), int(key_count))
 
     async def ping(self) -> None:
-        """Raise unless Redis answers."""
+        """Raise unless the cache role answers."""
         await self._redis.ping()
+
+    async def ping_state(self) -> None:
+        """Raise unless the state role answers."""
+        await self._state.ping()
