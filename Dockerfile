@@ -16,10 +16,13 @@ COPY service service
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 mcprouter
 USER 10001
 
+# Health on its own plaintext port too, so the HEALTHCHECK and Kubernetes
+# probes work when the main port serves TLS and requires tokens.
 ENV LISTEN_ADDRESS=0.0.0.0:50051 \
+    HEALTH_LISTEN_ADDRESS=0.0.0.0:8081 \
     DATA_DIR=/tmp/mcp-router
-EXPOSE 50051
+EXPOSE 50051 8081
 # The gRPC health protocol, through the image's own client.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["mcp-router", "health", "--address", "127.0.0.1:50051"]
+    CMD ["mcp-router", "health", "--address", "127.0.0.1:8081"]
 CMD ["mcp-router", "serve"]

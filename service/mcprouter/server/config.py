@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     listen_address: str = Field(
         "localhost:50051", description="host:port the gRPC server listens on."
     )
+    health_listen_address: str = Field(
+        "",
+        description="host:port of an extra plaintext listener serving only grpc.health.v1, for "
+        "Kubernetes gRPC probes and container healthchecks, which cannot speak TLS or send "
+        "tokens; empty: off.",
+    )
     data_dir: Path = Field(
         Path(".mcp-router"), description="Folder for the embedded servers' data and logs."
     )
