@@ -43,9 +43,21 @@ from mcprouter.server.redis.connection import create_redis
 from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.router import Handler, Router
 from mcprouter.server.stats import CacheStats
+from mcprouter.server.timings import StoreTimings, instrument
+from mcprouter.v1.events_pb2 import Event
 from mcprouter.v1.serve_status_pb2 import DataType
 
 log = logging.getLogger(__name__)
+
+# The store calls timed per operation (``timings.py``); probes and migrations are not.
+TIMED = {
+    "postgres": (
+        "get_experiment", "get_experiments", "upsert_experiment", "get_user_profile",
+        "get_user_profiles", "upsert_user_profile", "get_or_create_assignment",
+    ),
+    "clickhouse": ("insert_events", "hour_metrics", "day_counts"),
+    "chroma": ("upsert", "query", "dimension"),
+}  # fmt: skip
 
 Probe = Callable[[], Awaitable[object]]
 """Raises unless its backend answers (the health monitor calls one per backend)."""
@@ -67,6 +79,8 @@ class App:
     cache_ops: RedisProcessor
     router: Router
     probes: Mapping[str, Probe]
+    batcher: EventBatcher[Event]
+    timings: StoreTimings
 
 
 def cache_policy(settings: Settings, data_type: DataType.ValueType, fresh_s: int) -> CachePolicy:
@@ -198,12 +212,15 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         cache.start()
         stack.push_async_callback(cache.aclose)
         cache_ops = RedisProcessor(redis, keyspace, stats, cache, state=state)
+        timings = StoreTimings()
         postgres_store = PostgresStore(postgres)
+        instrument(postgres_store, "postgres", TIMED["postgres"], timings)
         pg_policies = postgres_policies(settings)
         postgres_processor = PostgresProcessor(postgres_store, cache, pg_policies)
         stack.push_async_callback(postgres_processor.aclose)
 
         clickhouse = await stack.enter_async_context(open_clickhouse_store(settings))
+        instrument(clickhouse, "clickhouse", TIMED["clickhouse"], timings)
         batcher = EventBatcher(
             clickhouse.insert_events,
             max_batch=settings.ingest_max_batch,
@@ -238,6 +255,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             timeout_s=settings.chroma_timeout_s,
         )
         stack.push_async_callback(chroma.close)
+        instrument(chroma, "chroma", TIMED["chroma"], timings)
         chroma_processor = ChromaProcessor(
             chroma,
             cache,
@@ -267,6 +285,8 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             cache=cache,
             cache_ops=cache_ops,
             router=Router(handlers),
+            batcher=batcher,
+            timings=timings,
             probes={
                 "redis": cache_ops.ping,
                 **({"redis_state": cache_ops.ping_state} if state is not redis else {}),
