@@ -240,6 +240,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="'json' for one JSON object per log line (with request_id), or 'text'."
     )
+    access_log: bool = Field(
+        False,
+        description="Log one INFO line per call (method, operation, serve status, code, "
+        "duration, request id); off: DEBUG, and INFO only for server-side failures.",
+    )
     otel_enabled: bool = Field(
         False,
         description="Export OpenTelemetry traces over OTLP (needs the 'otel' extra; endpoint and "

@@ -88,7 +88,9 @@ async def open_observability(
         if tracing is not None:
             stack.callback(tracing.shutdown)
         yield Observability(
-            interceptors=(TelemetryInterceptor(rpc_metrics, tracing),),
+            interceptors=(
+                TelemetryInterceptor(rpc_metrics, tracing, access_log=settings.access_log),
+            ),
             registry=registry,
             metrics_port=port,
         )
