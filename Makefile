@@ -13,7 +13,7 @@ CLIENT_GEN := $(TS_CLIENT)/src/gen $(GO_CLIENT)/gen
 GO_APT_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
 	golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev
 
-.PHONY: run test install generate check-generated lint typecheck check unit integration e2e clean go-deps
+.PHONY: run test install generate check-generated lint typecheck check unit integration e2e clean go-deps promtool
 
 # Idempotent install: re-runs only when a pyproject.toml changes. Both
 # distributions are editable: the client (clients/python, which also puts
@@ -46,12 +46,18 @@ go-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends $(GO_APT_PACKAGES); fi
 
+# promtool (Debian's prometheus package; its daemon is not started) checks and
+# unit-tests deploy/prometheus/alerts.yml and the dashboard's queries.
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus)
+
 ## run: set up everything and serve on the embedded default (port 50051).
 run: install
 	$(BIN)/mcp-router serve
 
 ## test: install, check the contract and the code, run the whole suite.
-test: install check
+test: install check promtool
 	$(BIN)/pytest -q --durations=15
 
 ## generate: rewrite the committed generated code from the protos.

@@ -245,8 +245,8 @@ async def processors(
             break
         await asyncio.sleep(0.05)
     rig = Rig(
-        ChromaProcessor(store, plain, redis, keyspace, policy),
-        ChromaProcessor(store, with_l1, redis, keyspace, policy),
+        ChromaProcessor(store, plain, plain.guard, keyspace, policy),
+        ChromaProcessor(store, with_l1, with_l1.guard, keyspace, policy),
         [plain, with_l1],
     )
     try:

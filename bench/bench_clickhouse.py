@@ -40,7 +40,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
+from mcprouter.server import wiring
+from mcprouter.server.cache import CacheAside, CachePolicy
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.processor import (
     CONVERSION_EVENT_TYPE,
@@ -283,7 +284,8 @@ async def main(cfg: Config) -> None:
             stack.push_async_callback(store.close)
             await store.migrate()
             stats, keyspace = CacheStats(), KeySpace(namespace)
-            cache = CacheAside(redis, keyspace, stats, CircuitBreaker(), redis_timeout=2.0)
+            core = wiring.cache_core(redis, keyspace, stats, redis_timeout_s=2.0)
+            cache = core.cache
             stack.push_async_callback(cache.aclose)
             batcher: EventBatcher[Event] = EventBatcher(
                 store.insert_events, max_batch=5000, max_delay_ms=15
@@ -294,14 +296,8 @@ async def main(cfg: Config) -> None:
             async def lookup(exp_id: str) -> Experiment | None:
                 return experiments.get(exp_id)
 
-            processor = ClickHouseProcessor(
-                store,
-                batcher,
-                cache,
-                keyspace=keyspace,
-                stats=stats,
-                policies=policies(),
-                experiments=lookup,
+            processor = wiring.clickhouse_processor(
+                core, store, batcher, policies=policies(), experiments=lookup
             )
             stack.push_async_callback(processor.aclose)
             bench = Bench(processor, store, batcher, cache, experiments)

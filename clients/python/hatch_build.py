@@ -17,7 +17,7 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 GENERATED = Path(__file__).resolve().parents[2] / "generated" / "python" / "mcprouter" / "v1"
 
 
-class GeneratedContractHook(BuildHookInterface):  # type: ignore[misc]
+class GeneratedContractHook(BuildHookInterface):  # type: ignore[type-arg,misc,unused-ignore]
     """Adds ``generated/python/mcprouter/v1`` to standard (non-editable) wheels."""
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:

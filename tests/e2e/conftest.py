@@ -186,9 +186,11 @@ def running_server(
             stderr=subprocess.STDOUT,
         )
     server = ServerProcess(process, port, namespace, redis_url, folder, log_path)
+    # A TLS server is probed on its plaintext health port, as kubelet would.
+    probe_target = env.get("HEALTH_LISTEN_ADDRESS") or server.target
     try:
         ready = wait_for(
-            lambda: process.poll() is not None or is_ready(server.target),
+            lambda: process.poll() is not None or is_ready(probe_target),
             timeout_s=STARTUP_TIMEOUT_S,
             interval_s=0.1,
         )

@@ -88,7 +88,7 @@ def build_rig(redis: aioredis.Redis, namespace: str, store: ChromaStore) -> Rig:
     cache = CacheAside(
         redis, keyspace, CacheStats(), CircuitBreaker(), clock=clock, redis_timeout=2.0
     )
-    processor = ChromaProcessor(store, cache, redis, keyspace, policy())
+    processor = ChromaProcessor(store, cache, cache.guard, keyspace, policy())
     return Rig(processor, store, cache, clock, keyspace, redis)
 
 
@@ -263,7 +263,7 @@ async def test_invalidate_rpc_bumps_the_generation(rig: Rig) -> None:
     await upsert(rig, collection, items(unit_vectors(rng, 10)))
     op = query(collection, unit_vectors(rng, 1)[0], k=3)
     await run_search(rig, op)
-    ops = RedisProcessor(rig.redis, rig.keyspace, CacheStats(), rig.cache)
+    ops = RedisProcessor(rig.cache, rig.keyspace)
     assert await ops.invalidate_collection(collection) == 1  # the entry's memory is freed too
     assert await rig.redis.get(generation_key(rig.keyspace, collection)) == b"2"
     assert (await run_search(rig, op))[0] == FRESH

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from mcprouter.server import errors
-from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
+from mcprouter.server import errors, wiring
+from mcprouter.server.cache import CacheAside, CachePolicy
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.processor import (
     CONVERSION_EVENT_TYPE,
@@ -110,7 +110,8 @@ async def rig(
 ) -> AsyncIterator[Rig]:
     redis_client = pooled_redis
     stats, keyspace = CacheStats(), KeySpace(namespace)
-    cache = CacheAside(redis_client, keyspace, stats, CircuitBreaker(), redis_timeout=2.0)
+    core = wiring.cache_core(redis_client, keyspace, stats, redis_timeout_s=2.0)
+    cache = core.cache
     experiments: dict[str, Experiment] = {}
     holder: list[Rig] = []
     dead_url = f"http://127.0.0.1:{closed_port()}"
@@ -129,14 +130,8 @@ async def rig(
         return experiments.get(exp_id)
 
     batcher: EventBatcher[Event] = EventBatcher(insert, max_batch=5000, max_delay_ms=15)
-    processor = ClickHouseProcessor(
-        store,
-        batcher,
-        cache,
-        keyspace=keyspace,
-        stats=stats,
-        policies=policies(),
-        experiments=lookup,
+    processor = wiring.clickhouse_processor(
+        core, store, batcher, policies=policies(), experiments=lookup
     )
     rig = Rig(processor, store, batcher, cache, stats, experiments)
     holder.append(rig)

@@ -96,7 +96,7 @@ async def instances(
             redis_client, keyspace, stats, CircuitBreaker(), redis_timeout=2.0, local=local
         )
         cache.start()
-        ops = RedisProcessor(redis_client, keyspace, stats, cache)
+        ops = RedisProcessor(cache, keyspace)
         store = PostgresStore(pool)
         processor = PostgresProcessor(store, cache, policies(**policy_changes))
         instance = Instance(processor, store, cache, local, ops)

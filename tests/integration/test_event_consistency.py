@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from mcprouter.server import errors
-from mcprouter.server.cache import CacheAside, CircuitBreaker
+from mcprouter.server import errors, wiring
+from mcprouter.server.cache import CacheAside
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.processor import ClickHouseProcessor
 from mcprouter.server.clickhouse.store import ClickHouseStore, open_clickhouse
@@ -123,7 +123,8 @@ async def make_rig(store: ClickHouseStore, redis_url: str) -> AsyncIterator[RigF
         namespace = namespace or unique_namespace()
         client = create_redis(url, pool_size=16, timeout_s=redis_timeout, pool_timeout_s=5.0)
         stats, keyspace = CacheStats(), KeySpace(namespace)
-        cache = CacheAside(client, keyspace, stats, CircuitBreaker(), redis_timeout=redis_timeout)
+        core = wiring.cache_core(client, keyspace, stats, redis_timeout_s=redis_timeout)
+        cache = core.cache
         shared = experiments if experiments is not None else {}
         holder: list[Rig] = []
 
@@ -147,14 +148,8 @@ async def make_rig(store: ClickHouseStore, redis_url: str) -> AsyncIterator[RigF
             return shared.get(exp_id)
 
         batcher: EventBatcher[Event] = EventBatcher(insert, max_batch=5000, max_delay_ms=5)
-        processor = ClickHouseProcessor(
-            store,
-            batcher,
-            cache,
-            keyspace=keyspace,
-            stats=stats,
-            policies=policies(),
-            experiments=lookup,
+        processor = wiring.clickhouse_processor(
+            core, store, batcher, policies=policies(), experiments=lookup
         )
         rig = Rig(processor, store, cache, stats, client, namespace, shared)
         rig.gate.set()

@@ -19,7 +19,7 @@ from mcprouter.server.stats import CacheStats
 def processor(redis: aioredis.Redis, namespace: str, stats: CacheStats) -> RedisProcessor:
     space = KeySpace(namespace)
     cache = CacheAside(redis, space, stats, CircuitBreaker(), redis_timeout=2.0)
-    return RedisProcessor(redis, space, stats, cache)
+    return RedisProcessor(cache, space)
 
 
 @pytest.fixture

@@ -74,9 +74,13 @@ def test_no_processor_imports_a_sibling_store_package() -> None:
             continue
         for name in names:
             parts = name.split(".")
-            if parts[:2] == ["mcprouter", "server"] and len(parts) > 2:
-                if parts[2] in STORES and parts[2] != home:
-                    offenders.append(f"{path.relative_to(SERVER)} imports {name}")
+            if (
+                parts[:2] == ["mcprouter", "server"]
+                and len(parts) > 2
+                and parts[2] in STORES
+                and parts[2] != home
+            ):
+                offenders.append(f"{path.relative_to(SERVER)} imports {name}")
     assert offenders == []
 
 

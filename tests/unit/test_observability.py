@@ -190,3 +190,33 @@ def test_tracing_continues_the_callers_trace() -> None:
     (finished,) = exporter.get_finished_spans()
     assert finished.name == "svc/RouteData"
     assert finished.status.status_code == StatusCode.ERROR
+
+
+def test_python_warnings_become_json_log_lines() -> None:
+    import io
+    import json
+    import logging
+    import warnings
+
+    from mcprouter.server.observability.logs import configure_logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    # An earlier configure_logging in this process may have left capture "on"
+    # under a showwarning that pytest has since restored: start from off.
+    logging.captureWarnings(False)
+    try:
+        configure_logging("INFO", "json", stream=stream)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("old API", DeprecationWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert line["logger"] == "py.warnings" and "old API" in line["msg"]

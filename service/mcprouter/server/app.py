@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
+from mcprouter.server import wiring
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker, LocalCache
 from mcprouter.server.chroma.processor import ChromaProcessor
 from mcprouter.server.chroma.store import ChromaStore, open_chroma
@@ -25,7 +26,6 @@ from mcprouter.server.clickhouse.dedup import DedupPolicy
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.processor import (
     ClickHousePolicies,
-    ClickHouseProcessor,
     experiment_lookup,
 )
 from mcprouter.server.clickhouse.store import (
@@ -45,9 +45,21 @@ from mcprouter.server.redis.connection import create_redis
 from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.router import Router
 from mcprouter.server.stats import CacheStats
+from mcprouter.server.timings import StoreTimings, instrument
+from mcprouter.v1.events_pb2 import Event
 from mcprouter.v1.serve_status_pb2 import DataType
 
 log = logging.getLogger(__name__)
+
+# The store calls timed per operation (``timings.py``); probes and migrations are not.
+TIMED = {
+    "postgres": (
+        "get_experiment", "get_experiments", "upsert_experiment", "get_user_profile",
+        "get_user_profiles", "upsert_user_profile", "get_or_create_assignment",
+    ),
+    "clickhouse": ("insert_events", "hour_metrics", "day_counts"),
+    "chroma": ("upsert", "query", "dimension"),
+}  # fmt: skip
 
 Probe = Callable[[], Awaitable[object]]
 """Raises unless its backend answers (the health monitor calls one per backend)."""
@@ -59,6 +71,7 @@ class App:
 
     settings: Settings
     redis: aioredis.Redis
+    state_redis: aioredis.Redis
     postgres: asyncpg.Pool
     clickhouse: ClickHouseStore
     chroma: ChromaStore
@@ -68,6 +81,8 @@ class App:
     cache_ops: RedisProcessor
     router: Router
     probes: Mapping[str, Probe]
+    batcher: EventBatcher[Event]
+    timings: StoreTimings
 
 
 def cache_policy(settings: Settings, data_type: DataType.ValueType, fresh_s: int) -> CachePolicy:
@@ -155,6 +170,18 @@ async def open_postgres(settings: Settings, stack: AsyncExitStack) -> AsyncItera
         await pool.close()
 
 
+def open_redis(settings: Settings, url: str, stack: AsyncExitStack) -> aioredis.Redis:
+    """A client tuned for the service (``create_redis``), closed with ``stack``."""
+    client = create_redis(
+        url,
+        pool_size=settings.redis_pool_size,
+        timeout_s=settings.redis_timeout_ms / 1000,
+        pool_timeout_s=settings.redis_pool_timeout_ms / 1000,
+    )
+    stack.push_async_callback(client.aclose)
+    return client
+
+
 @asynccontextmanager
 async def open_app(settings: Settings) -> AsyncIterator[App]:
     """Open every resource the server needs; close them all on exit."""
@@ -163,47 +190,52 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         if redis_url is None:
             redis_url = await stack.enter_async_context(embedded_redis(settings.data_dir))
         redis_timeout_s = settings.redis_timeout_ms / 1000
-        redis = create_redis(
-            redis_url,
-            pool_size=settings.redis_pool_size,
-            timeout_s=redis_timeout_s,
-            pool_timeout_s=settings.redis_pool_timeout_ms / 1000,
-        )
-        stack.push_async_callback(redis.aclose)
+        redis = open_redis(settings, redis_url, stack)
+        # The state role (what cannot be rebuilt) on its own server when configured.
+        state_url = settings.redis_state_url
+        state = redis if state_url in (None, redis_url) else open_redis(settings, state_url, stack)
         postgres = await stack.enter_async_context(open_postgres(settings, stack))
         if settings.postgres_dsn is None or settings.migrate_on_start:
             await migrate(postgres)
 
         stats = CacheStats()
         keyspace = KeySpace(settings.key_namespace)
-        breaker = CircuitBreaker(
-            failure_threshold=settings.redis_breaker_failures,
-            reset_timeout=settings.redis_breaker_reset_s,
-        )
-        local = LocalCache(
-            max_entries=settings.cache_local_max_entries,
-            max_age=settings.cache_local_max_age_s,
-            max_bytes=settings.cache_local_max_bytes,
-            clock=time.time,
-        )
-        cache = CacheAside(
+
+        def breaker() -> CircuitBreaker:
+            return CircuitBreaker(
+                failure_threshold=settings.redis_breaker_failures,
+                reset_timeout=settings.redis_breaker_reset_s,
+            )
+
+        core = wiring.cache_core(
             redis,
             keyspace,
             stats,
-            breaker,
-            redis_timeout=redis_timeout_s,
-            local=local,
+            state_redis=state,
+            breaker=breaker(),
+            state_breaker=breaker(),
+            local=LocalCache(
+                max_entries=settings.cache_local_max_entries,
+                max_age=settings.cache_local_max_age_s,
+                max_bytes=settings.cache_local_max_bytes,
+                clock=time.time,
+            ),
+            redis_timeout_s=redis_timeout_s,
             feed_ping_interval_s=settings.cache_feed_ping_interval_s,
         )
+        cache = core.cache
         cache.start()
         stack.push_async_callback(cache.aclose)
-        cache_ops = RedisProcessor(redis, keyspace, stats, cache)
+        cache_ops = RedisProcessor(cache, keyspace, state=core.state)
+        timings = StoreTimings()
         postgres_store = PostgresStore(postgres)
+        instrument(postgres_store, "postgres", TIMED["postgres"], timings)
         pg_policies = postgres_policies(settings)
         postgres_processor = PostgresProcessor(postgres_store, cache, pg_policies)
         stack.push_async_callback(postgres_processor.aclose)
 
         clickhouse = await stack.enter_async_context(open_clickhouse_store(settings))
+        instrument(clickhouse, "clickhouse", TIMED["clickhouse"], timings)
         batcher = EventBatcher(
             clickhouse.insert_events,
             max_batch=settings.ingest_max_batch,
@@ -212,12 +244,10 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         )
         # Closed before the store: pending events are flushed, not dropped.
         stack.push_async_callback(batcher.aclose)
-        clickhouse_processor = ClickHouseProcessor(
+        clickhouse_processor = wiring.clickhouse_processor(
+            core,
             clickhouse,
             batcher,
-            cache,
-            keyspace=keyspace,
-            stats=stats,
             policies=clickhouse_policies(settings),
             experiments=experiment_lookup(
                 cache, postgres_store.get_experiment, pg_policies.experiment
@@ -240,10 +270,11 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             timeout_s=settings.chroma_timeout_s,
         )
         stack.push_async_callback(chroma.close)
+        instrument(chroma, "chroma", TIMED["chroma"], timings)
         chroma_processor = ChromaProcessor(
             chroma,
             cache,
-            redis,
+            core.state,
             keyspace,
             cache_policy(settings, DataType.DATA_TYPE_SEARCH, settings.ttl_search_s),
         )
@@ -255,6 +286,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         yield App(
             settings=settings,
             redis=redis,
+            state_redis=state,
             postgres=postgres,
             clickhouse=clickhouse,
             chroma=chroma,
@@ -267,8 +299,11 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
                 clickhouse_processor.handlers(),
                 chroma_processor.handlers(),
             ),
+            batcher=batcher,
+            timings=timings,
             probes={
                 "redis": cache_ops.ping,
+                **({"redis_state": cache_ops.ping_state} if state is not redis else {}),
                 "postgres": postgres_probe,
                 "clickhouse": clickhouse.ping,
                 "chroma": chroma.ping,

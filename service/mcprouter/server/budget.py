@@ -82,3 +82,20 @@ def remaining(default: float | None) -> float | None:
         return default
     left = max(deadline - time.monotonic() - STORE_DEADLINE_MARGIN_S, 0.0)
     return left if default is None else min(default, left)
+
+
+# Timers may fire a clock tick early; a budget this close to empty is spent.
+_SPENT_S = 0.002
+
+
+def spent() -> bool:
+    """Whether this task's call has a deadline and its store budget is used up.
+
+    A store or Redis call that timed out while this holds was cut by the
+    caller's deadline, not by a slow backend: the answer is DEADLINE_EXCEEDED,
+    and no breaker or outage counter should hear of it.
+    """
+    deadline = current()
+    return (
+        deadline is not None and deadline - time.monotonic() - STORE_DEADLINE_MARGIN_S <= _SPENT_S
+    )

@@ -195,27 +195,41 @@ def _run(coro_factory: object) -> None:
         runner.run(coro_factory)  # type: ignore[arg-type]
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_logging(settings: Settings) -> object:
+    """Set up logging; returns what must stay alive while the process logs."""
     from mcprouter.server.observability.logs import configure_logging
     from mcprouter.server.observability.tracing import trace_fields
 
     context = trace_fields if settings.otel_enabled else None
-    configure_logging(settings.log_level, settings.log_format, stream=sys.stderr, context=context)
+    keep: object = None
+    stream = sys.stderr
+    if settings.log_format == "json":
+        from mcprouter.server.observability.stderr import json_stderr
+
+        keep = redirected = json_stderr()
+        stream = redirected.stream
+    configure_logging(settings.log_level, settings.log_format, stream=stream, context=context)
+    return keep
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script."""
+    # gRPC's C core reads this once, when grpc is first imported (nothing above
+    # imports it): INFO lines from the core are noise in a service's log.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = _parser().parse_args(argv)
     if args.command == "health":
         sys.exit(_health(args.address, args.service, args.timeout))
     if args.command == "cache":
         sys.exit(_cache(args))
     if args.command == "demo":
-        from mcprouter.demo import main as demo_main
-
+        try:
+            from mcprouter.demo import main as demo_main
+        except ModuleNotFoundError as exc:  # the image ships the server only
+            sys.exit(f"mcp-router demo needs the client SDK (mcprouter.client): {exc}")
         sys.exit(demo_main(args.target, token=args.token, tls_ca=args.tls_ca))
     settings = _load_settings(args.env_file)
-    _configure_logging(settings)
+    _logging = _configure_logging(settings)  # held until main returns
     # pgserver logs every command it runs at INFO; keep its warnings only.
     logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command == "serve":

@@ -30,11 +30,25 @@ class Settings(BaseSettings):
     listen_address: str = Field(
         "localhost:50051", description="host:port the gRPC server listens on."
     )
+    health_listen_address: str = Field(
+        "",
+        description="host:port of an extra plaintext listener serving only grpc.health.v1, for "
+        "Kubernetes gRPC probes and container healthchecks, which cannot speak TLS or send "
+        "tokens; empty: off.",
+    )
     data_dir: Path = Field(
         Path(".mcp-router"), description="Folder for the embedded servers' data and logs."
     )
     redis_url: str | None = Field(
-        None, description="Redis URL, e.g. redis://host:6379/0. Unset: embedded Valkey."
+        None,
+        description="Redis URL of the cache role (evictable: maxmemory with allkeys-lru), e.g. "
+        "redis://host:6379/0. Unset: embedded Valkey (persisted under DATA_DIR).",
+    )
+    redis_state_url: str | None = Field(
+        None,
+        description="Redis URL of the state role: dedup records, search generations and "
+        "real-time counters, which must never be evicted (noeviction, persisted). Unset: "
+        "the server of REDIS_URL.",
     )
     redis_pool_size: int = Field(
         64, ge=1, le=10_000, description="Maximum Redis connections; callers wait for one."
@@ -249,6 +263,11 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="'json' for one JSON object per log line (with request_id), or 'text'."
+    )
+    access_log: bool = Field(
+        False,
+        description="Log one INFO line per call (method, operation, serve status, code, "
+        "duration, request id); off: DEBUG, and INFO only for server-side failures.",
     )
     otel_enabled: bool = Field(
         False,

@@ -31,9 +31,12 @@ async def embedded_redis(data_dir: Path) -> AsyncIterator[str]:
         ) from exc
     folder = (data_dir / "valkey").resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    # A cache needs no persistence: nothing on disk, like the production brief's
-    # cache role (docker-compose's Redis keeps an AOF for dedup markers).
-    server = ValkeyServer(data_dir=folder, persist=True, save="", appendonly="no")
+    # One server holds both roles here, and the state role (dedup records,
+    # generations, real-time counters) must survive a restart, or a re-sent
+    # event is accepted twice: an append-only file, fsynced every second.
+    server = ValkeyServer(
+        data_dir=folder, persist=True, save="", appendonly="yes", appendfsync="everysec"
+    )
     await asyncio.to_thread(server.start)
     url = server.connection_url + "/0"
     log.info("embedded Valkey started at %s (data in %s)", url, folder)

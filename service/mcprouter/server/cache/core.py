@@ -129,6 +129,11 @@ class CacheAside:
         return self._guard.breaker
 
     @property
+    def feed_connected(self) -> bool | None:
+        """Whether the L1's invalidation feed is subscribed; ``None`` without an L1."""
+        return self._feed.connected if self._local.configured else None
+
+    @property
     def guard(self) -> GuardedRedis:
         """The Redis boundary (timeouts, breaker, counters), for a processor's own keys."""
         return self._guard

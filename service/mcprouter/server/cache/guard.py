@@ -17,8 +17,9 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from mcprouter.server.budget import remaining
+from mcprouter.server.budget import remaining, spent
 from mcprouter.server.cache.breaker import CircuitBreaker
+from mcprouter.server.errors import DeadlineExceeded
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.serve_status_pb2 import DataType
 
@@ -98,14 +99,17 @@ class GuardedRedis:
 
         Raises:
             RedisError, OSError, TimeoutError: Redis failed (counted first).
+            DeadlineExceeded: The caller's deadline ran out, not Redis (not counted).
         """
         budget = remaining(self._timeout)
         try:
             async with asyncio.timeout(budget):
                 reply = await call()
         except REDIS_ERRORS as exc:
-            if budget < self._timeout and isinstance(exc, TimeoutError):
-                raise  # the caller's deadline ran out, not Redis: no breaker count
+            if isinstance(exc, TimeoutError) and budget < self._timeout and spent():
+                raise DeadlineExceeded(
+                    "the call's deadline passed during a Redis call; nothing is left running"
+                ) from exc
             self.breaker.record_failure()
             self._stats.redis_error()
             raise

@@ -43,11 +43,9 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
 from mcprouter.server import operations as ops
 from mcprouter.server.cache import CacheAside, CachePolicy
-from mcprouter.server.cache.guard import Down
+from mcprouter.server.cache.guard import Down, GuardedRedis
 from mcprouter.server.chroma.filters import Where, to_where
 from mcprouter.server.chroma.search_keys import generation_key, parse_generation, search_cache_key
 from mcprouter.server.errors import FieldViolation, InvalidArgument, NotFound
@@ -84,22 +82,24 @@ class ChromaProcessor:
         self,
         store: EmbeddingStore,
         cache: CacheAside,
-        redis: aioredis.Redis,
+        state: GuardedRedis,
         keyspace: KeySpace,
         policy: CachePolicy,
     ) -> None:
-        """Borrow the store, the cache core and the Redis client.
+        """Borrow the store, the cache core and the state role's Redis door.
 
         Args:
             store: The Chroma store.
             cache: The shared cache-aside core.
-            redis: The shared client, for the collection generations.
+            state: The guarded door to the Redis that keeps the collection
+                generations (the state role; the cache's own door when the
+                roles share a server).
             keyspace: Where the generation keys live.
             policy: How searches are cached (``DATA_TYPE_SEARCH``).
         """
         self._store = store
         self._cache = cache
-        self._redis = redis
+        self._state = state
         self._keyspace = keyspace
         self._policy = policy
         self._uncached = dataclasses.replace(policy, enabled=False)
@@ -193,8 +193,9 @@ class ChromaProcessor:
         if not self._policy.enabled or collection in self._bumps:
             return None
         key = generation_key(self._keyspace, collection)
-        raw = await self._cache.guard.call(
-            "generation GET", collection, self._policy.data_type, lambda: self._redis.get(key)
+        client = self._state.client
+        raw = await self._state.call(
+            "generation GET", collection, self._policy.data_type, lambda: client.get(key)
         )
         return None if isinstance(raw, Down) else parse_generation(raw)
 
@@ -202,7 +203,7 @@ class ChromaProcessor:
         # strict: a write must try even with the breaker open, and fail loudly.
         key = generation_key(self._keyspace, collection)
         self._bumped[collection] = int(
-            await self._cache.guard.strict(lambda: self._redis.incr(key))
+            await self._state.strict(lambda: self._state.client.incr(key))
         )
 
     async def aclose(self) -> None:

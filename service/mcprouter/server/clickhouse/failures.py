@@ -52,7 +52,7 @@ TRANSIENT_CODES = frozenset(
 
 
 def _deadline_passed() -> bool:
-    return budget.remaining(1.0) == 0.0
+    return budget.spent()
 
 
 def translate(exc: BaseException) -> BaseException:

@@ -65,8 +65,6 @@ from mcprouter.server import keys
 from mcprouter.server import operations as ops
 from mcprouter.server.cache import CacheAside, CachePolicy
 from mcprouter.server.clickhouse.analytics_report import build_analytics
-from mcprouter.server.clickhouse.dedup import DedupPolicy
-from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.store import ClickHouseStore
 from mcprouter.server.clickhouse.tracking import EventTracker
 from mcprouter.server.errors import (
@@ -74,9 +72,7 @@ from mcprouter.server.errors import (
     InvalidArgument,
     NotFound,
 )
-from mcprouter.server.keys import KeySpace
 from mcprouter.server.router import Handlers, RouteResult
-from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.events_pb2 import (
     Analytics,
@@ -129,50 +125,37 @@ class ClickHouseProcessor:
     def __init__(
         self,
         store: ClickHouseStore,
-        batcher: EventBatcher[Event],
+        tracker: EventTracker,
         cache: CacheAside,
         *,
-        keyspace: KeySpace,
-        stats: CacheStats,
         policies: ClickHousePolicies,
         experiments: ExperimentLookup,
         clock: Callable[[], float] = time.time,
-        dedup_policy: DedupPolicy | None = None,
         ingestion_lag_s: float = 300.0,
         recent_hours_s: float = 86_400.0,
     ) -> None:
-        """Borrow every collaborator; ``aclose()`` closes none of them.
+        """Borrow the store and the cache core; own the tracker (``aclose`` closes it).
+
+        Build one with ``wiring.clickhouse_processor``.
 
         Args:
             store: Where events are stored and aggregated.
-            batcher: Group commit in front of ``store.insert_events``.
+            tracker: Deduplicates, stores and counts events (``tracking.py``).
             cache: The shared cache-aside core.
-            keyspace: Namespace of internal keys.
-            stats: Counts dedup hits.
             policies: Cache policies of metrics and analytics.
             experiments: Looks an experiment up (None if it does not exist).
             clock: Epoch seconds.
-            dedup_policy: TTLs of the dedup records (pending, done).
             ingestion_lag_s: How long after its end an hour may still receive events.
             recent_hours_s: Closed hours younger than this use ``event_metrics``.
         """
         self._store = store
+        self._tracker = tracker
         self._cache = cache
-        self._stats = stats
         self._policies = policies
         self._experiments = experiments
         self._clock = clock
         self._lag = timedelta(seconds=ingestion_lag_s)
         self._recent = timedelta(seconds=recent_hours_s)
-        self._tracker = EventTracker(
-            batcher,
-            cache,
-            keyspace=keyspace,
-            stats=stats,
-            clock=clock,
-            dedup_policy=dedup_policy,
-            ingestion_lag_s=ingestion_lag_s,
-        )
 
     def handlers(self) -> Handlers:
         """The RouteData operations this processor serves."""

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from mcprouter.server import keys
 from mcprouter.server.cache import CacheAside
+from mcprouter.server.cache.guard import GuardedRedis
 from mcprouter.server.clickhouse.dedup import DedupPolicy, DedupRecords
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.realtime import RealtimeCounters, hour_start
@@ -34,6 +35,7 @@ class EventTracker:
         self,
         batcher: EventBatcher[Event],
         cache: CacheAside,
+        state: GuardedRedis,
         *,
         keyspace: KeySpace,
         stats: CacheStats,
@@ -46,13 +48,12 @@ class EventTracker:
         self._stats = stats
         self._clock = clock
         self._lag_s = ingestion_lag_s
-        self._counters = RealtimeCounters(cache.guard, keyspace)
+        # Dedup records and counters are state (never evicted): the state role's door.
+        self._counters = RealtimeCounters(state, keyspace)
         self._tasks: set[asyncio.Task[list[bool]]] = set()
         # Marking records done and releasing them: retried until Redis takes them.
         self._followups = FollowUps()
-        self._dedup = DedupRecords(
-            cache.guard, keyspace, self._followups, dedup_policy or DedupPolicy()
-        )
+        self._dedup = DedupRecords(state, keyspace, self._followups, dedup_policy or DedupPolicy())
 
     @property
     def counters(self) -> RealtimeCounters:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from mcprouter.server.budget import remaining, set_timeout
+from mcprouter.server.budget import set_timeout, spent
 from mcprouter.server.edge.wrapping import Behavior, Continuation, WrappedHandlers
 from mcprouter.server.errors import DeadlineExceeded
 
@@ -33,7 +33,7 @@ def _with_deadline(behavior: Behavior) -> Behavior:
         try:
             return await behavior(request, context)
         except TimeoutError as exc:
-            if remaining(1.0) > 0.0:
+            if not spent():
                 raise  # a store's own timeout, not the caller's deadline
             raise DeadlineExceeded(
                 "the call's deadline passed before it was done; no work is left running"

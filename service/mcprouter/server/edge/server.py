@@ -89,6 +89,18 @@ def build_server(
     return server
 
 
+def health_only_server(health: health_aio.HealthServicer) -> grpc.aio.Server:
+    """A server with the health service alone (``HEALTH_LISTEN_ADDRESS``).
+
+    Plaintext on purpose: kubelet's gRPC probes speak neither TLS nor tokens.
+    It exposes no data, only the statuses, and turns NOT_SERVING with the
+    main port, so readiness follows the drain.
+    """
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4096)])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    return server
+
+
 async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully.
 
@@ -118,9 +130,16 @@ async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = 
         port = add_port(server, settings.listen_address, security)
         if port == 0:
             raise RuntimeError(f"could not listen on {settings.listen_address}")
+        health_only: grpc.aio.Server | None = None
+        if settings.health_listen_address:
+            health_only = health_only_server(health)
+            if health_only.add_insecure_port(settings.health_listen_address) == 0:
+                raise RuntimeError(f"could not listen on {settings.health_listen_address}")
         try:
             # Probe first, so the first health answer a client gets is a real one.
             await monitor.start()
+            if health_only is not None:
+                await health_only.start()
             await server.start()
             log.info(
                 "mcp-router serving on %s (port %d, %s, %s); operations: %s",
@@ -144,4 +163,6 @@ async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = 
         finally:
             await monitor.shutdown()
             await server.stop(settings.shutdown_grace_s)
+            if health_only is not None:
+                await health_only.stop(0)
             log.info("server stopped")

@@ -11,9 +11,11 @@ Per call it
   in ``logs.REQUEST_ID`` for every log line of the call, and sends it back in
   the response's trailing metadata (also on errors);
 * records ``RpcMetrics`` (in flight, latency, code) when metrics are on;
-* logs one line: DEBUG for every call (method, RouteData operation, code,
-  duration, and for RouteData the cache key and its outcome), INFO for calls
-  that failed on the server's side. Never the request or response payload.
+* logs one access line per call (method, RouteData operation, serve
+  status, code, duration, request id): at INFO with ``ACCESS_LOG=true``,
+  otherwise at DEBUG, and at INFO anyway for calls that failed on the
+  server's side; at DEBUG a second line with the cache key and its outcome.
+  Never the request or response payload.
 """
 
 from __future__ import annotations
@@ -102,10 +104,12 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         tracer: CallTracer | None = None,
         *,
         echo_request_id: bool = True,
+        access_log: bool = False,
     ) -> None:
         self._metrics = metrics
         self._tracer = tracer
         self._echo = echo_request_id
+        self._ok_level = logging.INFO if access_log else logging.DEBUG
         self._handlers = WrappedHandlers(self._observed)
 
     async def intercept_service(
@@ -123,6 +127,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         metrics = self._metrics
         tracer = self._tracer
         echo = self._echo
+        ok_level = self._ok_level
 
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request_id = request_id_of(context)
@@ -157,7 +162,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                     if metrics is not None and gauge is not None:
                         gauge.dec()
                         metrics.finished(service, method, operation, code, elapsed)
-                    _log_call(method, operation, code, elapsed, response)
+                    _log_call(ok_level, method, operation, code, elapsed, response=response)
                     REQUEST_ID.reset(token)
 
         return call
@@ -173,29 +178,35 @@ def _code_after(exc: BaseException, context: grpc.aio.ServicerContext[Any, Any])
     return "UNKNOWN"
 
 
-def _log_call(method: str, operation: str, code: str, elapsed: float, response: Any) -> None:
-    level = logging.INFO if code in _SERVER_SIDE else logging.DEBUG
+def _log_call(
+    ok_level: int, method: str, operation: str, code: str, elapsed: float, *, response: Any
+) -> None:
+    level = logging.INFO if code in _SERVER_SIDE else ok_level
     if not log.isEnabledFor(level):
         return
     name = f"{method}.{operation}" if operation else method
+    status = getattr(response, "status", None) if operation else None
     fields: dict[str, Any] = {
         "rpc": name,
+        "method": method,
+        "operation": operation,
+        "status": ServeStatus.Name(status).removeprefix("SERVE_STATUS_") if status else "",
         "code": code,
         "duration_ms": round(elapsed * 1000, 3),
     }
     log.log(level, "%s %s in %.1f ms", name, code, elapsed * 1000, extra=fields)
     cache_key = getattr(response, "cache_key", "") if response is not None else ""
     if cache_key and cache_log.isEnabledFor(logging.DEBUG):
-        status = ServeStatus.Name(response.status).removeprefix("SERVE_STATUS_")
+        served = ServeStatus.Name(response.status).removeprefix("SERVE_STATUS_")
         cache_log.debug(
             "cache %s %s in %.1f ms",
             cache_key,
-            status,
+            served,
             elapsed * 1000,
             extra={
                 "cache_key": cache_key,
-                "cache_status": status,
-                "cache_hit": status == "CACHED",
+                "cache_status": served,
+                "cache_hit": served == "CACHED",
                 "duration_ms": fields["duration_ms"],
             },
         )

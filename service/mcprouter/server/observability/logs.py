@@ -127,4 +127,6 @@ def configure_logging(
     root.setLevel(level)
     # grpc's Cython layer logs every event-loop lookup at DEBUG.
     logging.getLogger("grpc._cython").setLevel(max(logging.INFO, root.level))
+    # Python warnings as log records (logger "py.warnings"), not bare stderr lines.
+    logging.captureWarnings(True)
     return handler

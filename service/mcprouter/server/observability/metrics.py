@@ -17,7 +17,7 @@ it reads the plain-integer counters without locks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,6 +37,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 EVENT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 BREAKER_STATES = ("closed", "open", "half_open")
+ALL_DATA_TYPES = tuple(v for v in DataType.values() if v != DataType.DATA_TYPE_UNSPECIFIED)
 
 
 class InsertCounts(Protocol):
@@ -84,6 +85,14 @@ class RpcMetrics:
         self._timers: dict[tuple[str, str, str], Histogram] = {}
         self._counters: dict[tuple[str, str, str, str], Counter] = {}
         self._gauges: dict[tuple[str, str], Gauge] = {}
+
+    def declare(self, service: str, method: str, operations: Sequence[str] = ("",)) -> None:
+        """Create a method's series (OK count, latency, in flight) before its first call."""
+        self._gauges.setdefault((service, method), self.in_flight.labels(service, method))
+        for operation in operations:
+            key = (service, method, operation)
+            self._timers.setdefault(key, self.latency.labels(*key))
+            self._counters.setdefault((*key, "OK"), self.requests.labels(*key, "OK"))
 
     def started(self, service: str, method: str) -> Gauge:
         """Count a call in flight; returns the gauge to ``dec()`` when it ends."""
@@ -145,7 +154,9 @@ class ServerCollector(Collector):
             "Store reads issued by the cache core (misses, refreshes, cache off), by result.",
             labels=("data_type", "result"),
         )
-        for data_type, counts in sorted(snap.per_type.items()):
+        # Every data type from start-up, used or not: a rate needs a baseline.
+        for data_type in ALL_DATA_TYPES:
+            counts = snap.per_type.get(data_type, {})
             label = data_type_label(data_type)
             for outcome in Outcome:
                 outcomes.add_metric((label, outcome.value), counts.get(outcome, 0))

@@ -45,7 +45,7 @@ _CONFLICT = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 def translate(exc: BaseException) -> BaseException:
     """The exception of the tree that stands for a driver failure (or ``exc`` itself)."""
     if isinstance(exc, TimeoutError):
-        if budget.remaining(1.0) == 0.0:
+        if budget.spent():
             return exc  # the caller's deadline, not PostgreSQL
         return Unavailable("PostgreSQL did not answer in time; retry", reason="STORE_TIMEOUT")
     if isinstance(exc, _CONFLICT):

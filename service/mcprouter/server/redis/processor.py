@@ -1,6 +1,6 @@
 """The Redis processor: cache-only operations with no store behind them.
 
-``GetCached`` (one pipeline: MGET plus PTTL per key), ``Invalidate`` (exact
+``GetCached`` (one pipeline: GET and PTTL per key), ``Invalidate`` (exact
 keys, one-family patterns, entities; removal itself is the cache core's, see
 ``cache/invalidation.py``) and the figures ``Stats`` reports. (Event dedup
 records live in ``clickhouse/dedup.py``: they need a pending state, which a
@@ -14,19 +14,19 @@ invalidation that did not happen must not look like one that did.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from mcprouter.server import keys
 from mcprouter.server.cache import CacheAside
+from mcprouter.server.cache.guard import REDIS_ERRORS, GuardedRedis
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.keys import KeySpace
-from mcprouter.server.stats import CacheStats
-from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,24 +47,35 @@ class RedisFigures:
 
 
 class RedisProcessor:
-    """Cache-only operations on the shared Redis."""
+    """Cache-only operations, through the guarded doors of the two Redis roles."""
 
     def __init__(
-        self, redis: aioredis.Redis, keyspace: KeySpace, stats: CacheStats, cache: CacheAside
+        self,
+        cache: CacheAside,
+        keyspace: KeySpace,
+        *,
+        state: GuardedRedis | None = None,
     ) -> None:
-        self._redis = redis
-        self._keyspace = keyspace
-        self._stats = stats
-        # Every removal (keys, patterns, entities) goes through the core, which
-        # breaks the matched leases and tells every instance's L1.
-        self._cache = cache
+        """Borrow the cache core (and its door to the cache role) and the state door.
 
-    @asynccontextmanager
-    async def _reporting(self, action: str) -> AsyncIterator[None]:
+        Args:
+            cache: The cache core: every removal goes through it (it breaks the
+                matched leases and tells every instance's L1); its ``guard`` is
+                the cache role's door.
+            keyspace: Namespace of every key.
+            state: The state role's door (search generations); the cache
+                role's when it is the same server.
+        """
+        self._cache = cache
+        self._guard = cache.guard
+        self._state = state if state is not None else cache.guard
+        self._keyspace = keyspace
+
+    async def _strict(self, action: str, door: GuardedRedis, call: Callable[[], Awaitable[T]]) -> T:
+        """One Redis call that must not fail open: a failure is ``CacheUnavailable``."""
         try:
-            yield
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._stats.redis_error()
+            return await door.strict(call)
+        except REDIS_ERRORS as exc:
             log.warning("redis failed during %s: %s", action, exc)
             raise CacheUnavailable(
                 f"the cache (Redis) is unavailable, {action} was not done: {exc}",
@@ -74,14 +85,20 @@ class RedisProcessor:
     async def get_cached(self, client_keys: Sequence[str]) -> list[RawEntry]:
         """Read keys (already validated) in one round trip."""
         redis_keys = [self._keyspace.redis_key(k) for k in client_keys]
-        async with self._reporting("GetCached"):
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.mget(redis_keys)
-            for key in redis_keys:
-                pipe.pttl(key)
-            values, *ttls = await pipe.execute()
+        client = self._guard.client
+
+        async def read() -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for key in redis_keys:  # GET + PTTL per key: one slot each on a cluster
+                    pipe.get(key)
+                    pipe.pttl(key)
+                replies: list[Any] = await pipe.execute()
+            return replies
+
+        replies = await self._strict("GetCached", self._guard, read)
         entries = []
-        for key, value, ttl in zip(client_keys, values, ttls, strict=True):
+        for index, key in enumerate(client_keys):
+            value, ttl = replies[2 * index], replies[2 * index + 1]
             # A key a write of ours changed, whose removal is still being
             # retried, may hold the old value: a miss (read-your-writes).
             held = None if self._cache.awaiting_invalidation(key) else value
@@ -117,19 +134,29 @@ class RedisProcessor:
         and in every L1, with no SCAN. The SCAN + UNLINK after it only frees
         the memory of the now unreachable entries; its count is the answer.
         """
-        async with self._reporting("Invalidate"):
-            await self._redis.incr(self._keyspace.generation(collection))
+        generation = self._keyspace.generation(collection)
+        state = self._state.client
+        await self._strict("Invalidate", self._state, lambda: state.incr(generation))
         return await self._cache.invalidate(patterns=[keys.collection_pattern(collection)])
 
     async def figures(self) -> RedisFigures:
         """Memory in use and key count of the Redis database."""
-        async with self._reporting("Stats"):
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.info("memory")
-            pipe.dbsize()
-            memory, key_count = await pipe.execute()
+        client = self._guard.client
+
+        async def read() -> tuple[Any, Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.info("memory")
+                pipe.dbsize()
+                memory, key_count = await pipe.execute()
+            return memory, key_count
+
+        memory, key_count = await self._strict("Stats", self._guard, read)
         return RedisFigures(int(memory.get("used_memory", 0)), int(key_count))
 
     async def ping(self) -> None:
-        """Raise unless Redis answers."""
-        await self._redis.ping()
+        """Raise unless the cache role answers."""
+        await self._guard.client.ping()
+
+    async def ping_state(self) -> None:
+        """Raise unless the state role answers."""
+        await self._state.client.ping()
