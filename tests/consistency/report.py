@@ -1,0 +1,102 @@
+"""The table a run prints: one row per fault phase, then the final checks and the evidence."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from tests.consistency.checks import EventFigures, ReadCheck
+from tests.consistency.convergence import Convergence
+from tests.consistency.faults import Window
+from tests.consistency.history import History, Violation
+
+EVIDENCE_PER_KIND = 3
+
+
+@dataclass
+class RunFacts:
+    """Everything the report shows besides the history."""
+
+    title: str
+    windows: list[Window]
+    violations: list[Violation]
+    reads: ReadCheck
+    convergence: Convergence
+    events: EventFigures
+    notes: list[str]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def _codes(counter: Counter[str]) -> str:
+    return ", ".join(f"{code} {n}" for code, n in counter.most_common())
+
+
+def render(history: History, facts: RunFacts) -> str:
+    phases = [w.name for w in facts.windows] + ["final"]
+    ops: dict[str, Counter[str]] = defaultdict(Counter)
+    for op in history.ops:
+        ops[op.phase][op.code] += 1
+    by_phase = Counter(v.phase for v in facts.violations)
+    rows = [("phase", "ops", "violations", "staleness fault+grace", "staleness steady", "outcomes")]
+    for phase in ["setup", *phases]:
+        if phase not in ops and not by_phase[phase]:
+            continue
+        worst = facts.reads.worst.get(phase, {})
+        rows.append(
+            (
+                phase,
+                str(sum(ops[phase].values())),
+                str(by_phase[phase]),
+                _ms(worst.get("fault")),
+                _ms(worst.get("steady")),
+                _codes(ops[phase]),
+            )
+        )
+    unplaced = sum(n for phase, n in by_phase.items() if phase not in {r[0] for r in rows})
+    total_ops: Counter[str] = Counter()
+    for counter in ops.values():
+        total_ops.update(counter)
+    rows.append(("TOTAL", str(len(history.ops)), str(len(facts.violations)), "", "", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = [f"== {facts.title} =="]
+    for i, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [row[j].rjust(widths[j]) for j in range(1, 5)]
+        lines.append(" | ".join([*cells, row[5]]).rstrip(" |"))
+        if i == 0:
+            lines.append("-" * (sum(widths) + 3 * 5 + 30))
+    if unplaced:
+        lines.append(f"(violations outside any phase row: {unplaced})")
+    conv = facts.convergence
+    lines.append(
+        "convergence: "
+        + (
+            f"every cached value equals the store after {conv.converged_after_s:.1f} s "
+            f"({conv.rounds} rounds)"
+            if conv.converged_after_s is not None
+            else f"NOT converged after {conv.rounds} rounds"
+        )
+    )
+    e = facts.events
+    lines.append(
+        f"events: {e.sent} sent; answered STORED {e.stored}, only DUPLICATE {e.duplicate_only}, "
+        f"never answered {e.unanswered}; in ClickHouse {e.present} "
+        f"(unmerged copies inside one instance: {e.unmerged_copies})"
+    )
+    lines.append(f"reads checked: {facts.reads.reads}")
+    lines += [f"note: {n}" for n in facts.notes]
+    kinds = Counter(v.kind for v in facts.violations)
+    lines.append("violations: " + (", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "none"))
+    shown: Counter[str] = Counter()
+    for v in facts.violations:
+        shown[v.kind] += 1
+        if shown[v.kind] > EVIDENCE_PER_KIND:
+            continue
+        lines.append(f"  [{v.kind}] phase {v.phase}: {v.message}")
+        lines += [f"      {line}" for line in v.evidence]
+    hidden = sum(max(0, n - EVIDENCE_PER_KIND) for n in kinds.values())
+    if hidden:
+        lines.append(f"  ... and {hidden} more (first {EVIDENCE_PER_KIND} of each kind shown)")
+    return "\n".join(lines)
