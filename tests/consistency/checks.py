@@ -207,16 +207,33 @@ def check_reads(
         bound = bounds.fault_bound_s if faulty else bounds.bound_s
         if staleness > bound:
             kind = "stale-read" if first.how == "acknowledged" else "stale-after-unacked-commit"
+            evidence = [first.op.describe(t0), op.describe(t0)]
+            if first.how == "observed":
+                evidence[:0] = [w.describe(t0) for w in _unacked_writer(history, o.entity, first)]
             violations.append(
                 Violation(
                     kind,
                     op.phase,
                     f"{o.entity}: served state {o.state} ({o.source}) {staleness * 1000:.0f} ms "
                     f"after state {first.state} was {first.how} (bound {bound * 1000:.0f} ms)",
-                    (first.op.describe(t0), op.describe(t0)),
+                    tuple(evidence),
                 )
             )
     return violations, figures
+
+
+def _unacked_writer(history: History, entity: str, known: Known) -> list[Op]:
+    """The unacknowledged write that can have made ``known.state`` (the last candidate)."""
+    candidates = [
+        op
+        for op in history.ops
+        if op.kind in VERSIONED_WRITES
+        and op.entity == entity
+        and op.code != "OK"
+        and op.input.get("version") == known.state - 1
+        and op.invoke < known.time
+    ]
+    return candidates[-1:]
 
 
 def check_sticky(history: History) -> list[Violation]:
@@ -259,9 +276,12 @@ def check_events(
     ``counts``: instance -> event id -> (rows after FINAL, raw rows).
     """
     answers: dict[str, list[tuple[str, Op]]] = defaultdict(list)
+    attempts: dict[str, list[Op]] = defaultdict(list)
     for op in history.ops:
         for event_id, status in op.event_outcomes.items():
             answers[event_id].append((status, op))
+        for event_id in op.input.get("events", []) if op.kind == "track_events" else []:
+            attempts[event_id].append(op)
     figures = EventFigures()
     out = []
     t0 = history.t0
@@ -280,7 +300,7 @@ def check_events(
             figures.duplicate_only += 1
         else:
             figures.unanswered += 1
-        evidence = tuple(op.describe(t0) for _, op in got[:4])
+        evidence = tuple(op.describe(t0) for op in attempts[event_id][:6])
         phase = got[0][1].phase if got else "-"
         if total > 1:
             out.append(

@@ -34,6 +34,15 @@ def _codes(counter: Counter[str]) -> str:
     return ", ".join(f"{code} {n}" for code, n in counter.most_common())
 
 
+def evidence(violations: list[Violation]) -> str:
+    """Every violation with its evidence (the report shows the first few of each kind)."""
+    lines = []
+    for v in violations:
+        lines.append(f"[{v.kind}] phase {v.phase}: {v.message}")
+        lines += [f"    {line}" for line in v.evidence]
+    return "\n".join(lines)
+
+
 def render(history: History, facts: RunFacts) -> str:
     phases = [w.name for w in facts.windows] + ["final"]
     ops: dict[str, Counter[str]] = defaultdict(Counter)
@@ -67,6 +76,13 @@ def render(history: History, facts: RunFacts) -> str:
         lines.append(" | ".join([*cells, row[5]]).rstrip(" |"))
         if i == 0:
             lines.append("-" * (sum(widths) + 3 * 5 + 30))
+    for w in facts.windows:
+        if w.injected != w.healed:
+            lines.append(
+                f"  {w.name}: fault {(w.injected - history.t0) * 1000:.0f}"
+                f"..{(w.healed - history.t0) * 1000:.0f} ms, "
+                f"grace until {(w.grace_end - history.t0) * 1000:.0f} ms"
+            )
     if unplaced:
         lines.append(f"(violations outside any phase row: {unplaced})")
     conv = facts.convergence

@@ -20,13 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mcprouter.v1 import router_service_pb2 as rs
 from tests.consistency import checks
 from tests.consistency.cluster import Cluster, ClusterSettings
 from tests.consistency.convergence import converge
 from tests.consistency.faults import FaultController, Timing
 from tests.consistency.history import History, Violation
-from tests.consistency.report import RunFacts, render
-from tests.consistency.rpc import Channels
+from tests.consistency.report import RunFacts, evidence, render
+from tests.consistency.rpc import Channels, call
 from tests.consistency.stores import count_events
 from tests.consistency.workload import Conditions, Workload
 
@@ -123,6 +124,7 @@ async def _run(cluster: Cluster, options: Options, log: Callable[[str], None]) -
             cluster.chroma.url,
             options.settle_s,
         )
+        notes.append(await _l1_hits(channels, [i.name for i in cluster.instances]))
     finally:
         await channels.close()
     codes = await asyncio.to_thread(cluster.stop_instances)
@@ -142,6 +144,7 @@ async def _run(cluster: Cluster, options: Options, log: Callable[[str], None]) -
     )
     if options.keep:
         _dump(history, cluster.folder / "history.jsonl")
+        (cluster.folder / "violations.txt").write_text(evidence(violations) + "\n")
     facts = RunFacts(
         title, controller.windows, violations, figures, convergence, event_figures, notes
     )
@@ -172,3 +175,16 @@ def _dump(history: History, path: Path) -> None:
             record["invoke"] -= history.t0
             record["complete"] -= history.t0
             out.write(json.dumps(record, default=str) + "\n")
+
+
+async def _l1_hits(channels: Channels, names: list[str]) -> str:
+    """Proof that the L1 was on: its hits per instance (since that process started)."""
+    shown = []
+    for name, stub in zip(names, channels.stubs, strict=True):
+        outcome = await call(stub.Stats, rs.StatsRequest(), deadline_s=3.0)
+        if outcome.code == "OK":
+            hits = sum(d.local_hits for d in outcome.response.data_types)
+            shown.append(f"{name} {hits}")
+        else:
+            shown.append(f"{name} {outcome.code}")
+    return "L1 hits since each instance's last start: " + ", ".join(shown)
