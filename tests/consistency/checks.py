@@ -209,7 +209,8 @@ def check_reads(
             kind = "stale-read" if first.how == "acknowledged" else "stale-after-unacked-commit"
             evidence = [first.op.describe(t0), op.describe(t0)]
             if first.how == "observed":
-                evidence[:0] = [w.describe(t0) for w in _unacked_writer(history, o.entity, first)]
+                writers = _unacked_writer(history, o.entity, first)
+                evidence[:0] = ["(unacknowledged writer) " + w.describe(t0) for w in writers]
             violations.append(
                 Violation(
                     kind,
@@ -229,7 +230,7 @@ def _unacked_writer(history: History, entity: str, known: Known) -> list[Op]:
         for op in history.ops
         if op.kind in VERSIONED_WRITES
         and op.entity == entity
-        and op.code != "OK"
+        and op.code not in ("OK", "ABORTED")  # an aborted upsert wrote nothing
         and op.input.get("version") == known.state - 1
         and op.invoke < known.time
     ]
@@ -300,8 +301,8 @@ def check_events(
             figures.duplicate_only += 1
         else:
             figures.unanswered += 1
-        evidence = tuple(op.describe(t0) for op in attempts[event_id][:6])
-        phase = got[0][1].phase if got else "-"
+        evidence = tuple(op.describe(t0, event_id) for op in attempts[event_id][:6])
+        phase = attempts[event_id][0].phase if attempts[event_id] else "-"
         if total > 1:
             out.append(
                 Violation(

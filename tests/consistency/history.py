@@ -59,8 +59,11 @@ class Op:
         """The instance incarnation (a restarted process remembers nothing)."""
         return f"{self.instance}#{self.incarnation}"
 
-    def describe(self, t0: float) -> str:
-        """One line of evidence, times in ms since the start of the run."""
+    def describe(self, t0: float, event: str = "") -> str:
+        """One line of evidence, times in ms since the start of the run.
+
+        ``event``: for a batch of events, show only that event's outcome.
+        """
         values = ", ".join(
             f"{o.entity}={o.state}{'/' + o.token if o.token else ''}({o.kind}"
             f"{' ' + o.source if o.source else ''})"
@@ -68,9 +71,14 @@ class Op:
         )
         flags = " client-cancelled" if self.cancelled_by_client else ""
         invoke, complete = (self.invoke - t0) * 1000, (self.complete - t0) * 1000
+        shown = dict(self.input)
+        if isinstance(events := shown.get("events"), list) and len(events) > 3:
+            shown["events"] = f"{len(events)} ids: {', '.join(events[:3])}, ..."
+        if event:
+            values = f"{event}: {self.event_outcomes.get(event, 'no answer')}"
         return (
             f"op#{self.op_id} c{self.client} {self.node} {self.kind} {self.entity} "
-            f"in={self.input} [{invoke:.1f} .. {complete:.1f} ms]"
+            f"in={shown} [{invoke:.1f} .. {complete:.1f} ms]"
             f" -> {self.code}{' ' + self.status if self.status else ''}{flags}"
             f"{' {' + values + '}' if values else ''}{' ' + self.detail if self.detail else ''}"
         )

@@ -237,7 +237,7 @@ def cached_observations(response: rs.GetCachedResponse) -> list[Observation]:
             if entity.startswith("assign:"):
                 # "no assignment" is cached only when the experiment did not exist
                 entity = experiment_entity(entity.split(":")[1])
-            out.append(Observation(entity, 0, "read", "", source + " not_found"))
+            out.append(Observation(entity, 0, "read", "", f"{source} {entry.key} not_found"))
         elif entry.HasField("experiment"):
             out.append(experiment_observation(entry.experiment, source))
         elif entry.HasField("user_profile"):

@@ -301,10 +301,11 @@ class Workload:
         if outcome.code == "OK":
             op.observations = p.read_observations(outcome.response, entity)
         elif outcome.code == "NOT_FOUND":
+            source = f"{kind} NOT_FOUND"
             if kind == "get_assignment":  # the experiment does not exist (yet)
                 entity = p.experiment_entity(entity.split(":")[1])
             if entity.startswith(("exp:", "user:")):
-                op.observations = [Observation(entity, 0, "read", "", "NOT_FOUND")]
+                op.observations = [Observation(entity, 0, "read", "", source)]
         self.knowledge.learn(op.observations)
 
     async def _get_cached(
