@@ -15,7 +15,9 @@
    than the one it returned became known (0 if none).
    Embedding items have no store-side version: a write that was never
    acknowledged may land late and overwrite a newer one, so a read returning
-   the ``seq`` of such a write is not held to either rule.
+   the ``seq`` of such a write is not held to either rule. (An acknowledged
+   seq can never come back once a newer one was seen: one writer per item at
+   a time, and a write is applied before it is acknowledged.)
 3. Content: a read of version v carries the token of the write that made v;
    assignments never move.
 4. Events: every event answered STORED or DUPLICATE is in the union of the
@@ -126,8 +128,7 @@ def _known_states(history: History) -> dict[str, list[Known]]:
     observed: dict[str, dict[int, Known]] = defaultdict(dict)
     for op in history.ops:
         for o in op.observations:
-            # Items: only acknowledged seqs count (an unacknowledged write may land late).
-            if o.kind == "ack" or o.entity.startswith(("item:", "assign:")) or o.state == 0:
+            if o.kind == "ack" or o.entity.startswith("assign:") or o.state == 0:
                 continue
             if o.state in acked[o.entity]:
                 continue
@@ -178,6 +179,8 @@ def check_reads(
             )
         if o.entity.startswith("item:") and o.state in unacked_items[o.entity]:
             continue
+        # A cached "no assignment" names the experiment as missing (issue 10, path 9).
+        negative = "assignment" if o.state == 0 and "assign" in o.source else ""
         # 1. read-your-writes on the acknowledging incarnation (no bound)
         mine = [a for a in acks_by_node[(op.node, o.entity)] if a[0] < op.invoke]
         if mine:
@@ -185,7 +188,7 @@ def check_reads(
             if o.state < newest[1]:
                 violations.append(
                     Violation(
-                        "read-your-writes",
+                        "assignment-not-found-after-create" if negative else "read-your-writes",
                         op.phase,
                         f"{o.entity}: {op.node} acknowledged state {newest[1]} "
                         f"{(op.invoke - newest[0]) * 1000:.0f} ms before serving {o.state} "
@@ -207,6 +210,7 @@ def check_reads(
         bound = bounds.fault_bound_s if faulty else bounds.bound_s
         if staleness > bound:
             kind = "stale-read" if first.how == "acknowledged" else "stale-after-unacked-commit"
+            kind = "assignment-not-found-after-create" if negative else kind
             evidence = [first.op.describe(t0), op.describe(t0)]
             if first.how == "observed":
                 writers = _unacked_writer(history, o.entity, first)
