@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         "--l1-max-age-s", type=float, default=1.0, help="CACHE_LOCAL_MAX_AGE_S of the instances"
     )
     parser.add_argument("--fault-s", type=float, default=2.0, help="how long each fault lasts")
+    parser.add_argument(
+        "--p-tight", type=float, default=0.05, help="share of calls with a 10-100 ms deadline"
+    )
+    parser.add_argument(
+        "--p-cancel", type=float, default=0.04, help="share of calls cancelled by the client"
+    )
     parser.add_argument("--clients", type=int, default=6, help="concurrent clients")
     parser.add_argument("--instances", type=int, default=2, help="mcp-router processes (>= 2)")
     parser.add_argument(
@@ -68,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         clients=args.clients,
         instances=args.instances,
         settle_s=args.settle_s,
+        p_tight=args.p_tight,
+        p_cancel=args.p_cancel,
         phases=tuple(args.phases.split(",")) if args.phases else None,
         keep=args.keep,
     )

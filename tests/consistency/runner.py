@@ -46,6 +46,8 @@ class Options:
     instances: int = 2
     settle_s: float = 15.0
     fault_s: float = 2.0
+    p_tight: float = 0.05  # share of calls with a 10-100 ms deadline (outside the storm)
+    p_cancel: float = 0.04  # share of calls the client cancels after 0-50 ms
     phases: tuple[str, ...] | None = None  # default: every phase of faults.FAULTS
     keep: bool = False
 
@@ -87,7 +89,7 @@ async def run(options: Options, log: Callable[[str], None] = lambda _: None) -> 
 async def _run(cluster: Cluster, options: Options, log: Callable[[str], None]) -> Result:
     assert cluster.chroma is not None
     history = History(time.monotonic())
-    conditions = Conditions()
+    conditions = Conditions(p_tight=options.p_tight, p_cancel=options.p_cancel)
     channels = Channels([i.target for i in cluster.instances])
     bounds = checks.Bounds(options.bound_ms / 1000, options.fault_bound_s())
     timing = Timing(fault_s=options.fault_s, grace_s=bounds.fault_bound_s)
