@@ -10,7 +10,7 @@ from tests.consistency.convergence import Convergence
 from tests.consistency.faults import Window
 from tests.consistency.history import History, Violation
 
-EVIDENCE_PER_KIND = 3
+EVIDENCE_PER_KIND = 4
 
 
 @dataclass
@@ -105,14 +105,26 @@ def render(history: History, facts: RunFacts) -> str:
     lines += [f"note: {n}" for n in facts.notes]
     kinds = Counter(v.kind for v in facts.violations)
     lines.append("violations: " + (", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "none"))
-    shown: Counter[str] = Counter()
-    for v in facts.violations:
-        shown[v.kind] += 1
-        if shown[v.kind] > EVIDENCE_PER_KIND:
-            continue
+    shown = _sample(facts.violations)
+    for v in shown:
         lines.append(f"  [{v.kind}] phase {v.phase}: {v.message}")
         lines += [f"      {line}" for line in v.evidence]
-    hidden = sum(max(0, n - EVIDENCE_PER_KIND) for n in kinds.values())
-    if hidden:
-        lines.append(f"  ... and {hidden} more (first {EVIDENCE_PER_KIND} of each kind shown)")
+    if hidden := len(facts.violations) - len(shown):
+        lines.append(f"  ... and {hidden} more (up to {EVIDENCE_PER_KIND} of each kind shown)")
     return "\n".join(lines)
+
+
+def _sample(violations: list[Violation]) -> list[Violation]:
+    """Up to EVIDENCE_PER_KIND of each kind, preferring phases not shown yet."""
+    picked: list[Violation] = []
+    seen: set[tuple[str, str]] = set()
+    for fresh_phase_only in (True, False):
+        for v in violations:
+            per_kind = sum(1 for p in picked if p.kind == v.kind)
+            if v in picked or per_kind >= EVIDENCE_PER_KIND:
+                continue
+            if fresh_phase_only and (v.kind, v.phase) in seen:
+                continue
+            picked.append(v)
+            seen.add((v.kind, v.phase))
+    return sorted(picked, key=violations.index)
