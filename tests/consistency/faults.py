@@ -96,6 +96,7 @@ class FaultController:
         self.timing = timing
         self.windows: list[Window] = []
         self.incidents: list[Violation] = []
+        self.notes: list[str] = []
         self._default = (conditions.p_tight, conditions.p_cancel)
         self._valkey_pid = 0
         self._fault_end = 0.0
@@ -151,6 +152,9 @@ class FaultController:
         window.grace_end = time.monotonic()
         await asyncio.sleep(t.steady_s)
         window.end = time.monotonic()
+
+    def note(self, message: str) -> None:
+        self.notes.append(f"{self.conditions.phase}: {message}")
 
     def incident(self, kind: str, message: str, *evidence: str) -> None:
         self.incidents.append(Violation(kind, self.conditions.phase, message, tuple(evidence)))
@@ -224,10 +228,13 @@ async def _kill_instance(c: FaultController) -> None:
 
 async def _restart_killed(c: FaultController) -> None:
     instance = c.cluster.instances[1]
+    started = time.monotonic()
     try:
         await asyncio.to_thread(c.cluster.restart, instance)
     except RuntimeError as exc:
         c.incident("restart-failed", f"{instance.name} did not come back after SIGKILL", str(exc))
+        return
+    c.note(f"{instance.name} back {time.monotonic() - started:.1f} s after its restart (same chDB)")
 
 
 async def _restart_while_pg_down(c: FaultController) -> None:
@@ -235,6 +242,7 @@ async def _restart_while_pg_down(c: FaultController) -> None:
     await asyncio.to_thread(c.proxy.unreachable)
     instance = c.cluster.instances[0]
     await asyncio.to_thread(instance.stop)
+    started = time.monotonic()
     instance.spawn()
     try:
         await asyncio.to_thread(wait_ready, instance, 30.0)
@@ -251,6 +259,11 @@ async def _restart_while_pg_down(c: FaultController) -> None:
             "health-blind",
             f"{instance.name} reports postgres {_name(status)} while PostgreSQL is unreachable",
         )
+        return
+    c.note(
+        f"{instance.name} started with PostgreSQL unreachable in "
+        f"{time.monotonic() - started:.1f} s; health 'postgres' NOT_SERVING"
+    )
 
 
 async def _heal_pg_and_check_health(c: FaultController) -> None:
@@ -262,8 +275,12 @@ async def _heal_pg_and_check_health(c: FaultController) -> None:
         except RuntimeError as exc:
             c.incident("restart-failed", f"{instance.name} did not start after heal", str(exc))
             return
+    healed = time.monotonic()
     status = await _wait_health(instance.target, SERVING, HEALTH_WAIT_S)
-    if status != SERVING:
+    if status == SERVING:
+        waited = time.monotonic() - healed
+        c.note(f"{instance.name} health 'postgres' SERVING {waited:.1f} s after heal")
+    else:
         c.incident(
             "no-recovery",
             f"{instance.name} still reports postgres {_name(status)} "

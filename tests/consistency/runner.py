@@ -130,6 +130,7 @@ async def _run(cluster: Cluster, options: Options, log: Callable[[str], None]) -
     finally:
         await channels.close()
     codes = await asyncio.to_thread(cluster.stop_instances)
+    notes[:0] = controller.notes
     notes += [f"{name} exited with {code} on SIGTERM" for name, code in codes.items() if code]
     counts = {
         i.name: await asyncio.to_thread(count_events, i.clickhouse_path) for i in cluster.instances
