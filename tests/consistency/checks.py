@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ def _item_writes(history: History) -> tuple[dict[str, set[int]], dict[str, dict[
     return unacked, tokens
 
 
-def _known_states(history: History) -> dict[str, list[Known]]:
+def _known_states(history: History) -> dict[str, _Timeline]:
     """Per entity, the first moment each state became known, oldest first."""
     acked: dict[str, dict[int, Known]] = defaultdict(dict)
     for op in history.ops:
@@ -135,11 +136,36 @@ def _known_states(history: History) -> dict[str, list[Known]]:
             previous = observed[o.entity].get(o.state)
             if previous is None or op.complete < previous.time:
                 observed[o.entity][o.state] = Known(op.complete, o.state, op, "observed")
-    out: dict[str, list[Known]] = {}
+    out: dict[str, _Timeline] = {}
     for entity in set(acked) | set(observed):
         states = {**observed[entity], **acked[entity]}
-        out[entity] = sorted(states.values(), key=lambda k: k.time)
+        out[entity] = _Timeline(list(states.values()))
     return out
+
+
+class _Timeline:
+    """Known states of one entity in time order; answers in O(log n) for long soaks."""
+
+    def __init__(self, entries: list[Known]) -> None:
+        self.entries = sorted(entries, key=lambda k: k.time)
+        self.times = [k.time for k in self.entries]
+        # best[i]: the entry with the highest state among entries[: i + 1]
+        self.best: list[Known] = []
+        for k in self.entries:
+            self.best.append(k if not self.best or k.state > self.best[-1].state else self.best[-1])
+        self.best_states = [b.state for b in self.best]
+
+    def first_above(self, state: int, before: float) -> Known | None:
+        """The earliest entry with a state above ``state``, if it is earlier than ``before``."""
+        i = bisect_right(self.best_states, state)
+        if i < len(self.entries) and self.entries[i].time < before:
+            return self.entries[i]
+        return None
+
+    def newest_before(self, before: float) -> Known | None:
+        """The entry with the highest state among those earlier than ``before``."""
+        i = bisect_left(self.times, before)
+        return self.best[i - 1] if i else None
 
 
 def _faulty(windows: list[Window], t: float) -> bool:
@@ -153,12 +179,18 @@ def check_reads(
     known = _known_states(history)
     unacked_items, item_tokens = _item_writes(history)
     ack_tokens: dict[str, dict[int, str]] = defaultdict(dict)
-    acks_by_node: dict[tuple[str, str], list[tuple[float, int, Op]]] = defaultdict(list)
+    node_acks: dict[tuple[str, str], list[Known]] = defaultdict(list)
     for op in history.ops:
         for o in op.observations:
             if o.kind == "ack" and op.code == "OK":
                 ack_tokens[o.entity][o.state] = o.token
-                acks_by_node[(op.node, o.entity)].append((op.complete, o.state, op))
+                node_acks[(op.node, o.entity)].append(Known(op.complete, o.state, op, "ack"))
+    acks_by_node = {key: _Timeline(entries) for key, entries in node_acks.items()}
+    writes: dict[str, list[Op]] = defaultdict(list)
+    for op in history.ops:
+        if op.kind in VERSIONED_WRITES or op.kind == "upsert_item":
+            writes[op.entity].append(op)
+    nothing = _Timeline([])
     violations: list[Violation] = []
     figures = ReadCheck()
     t0 = history.t0
@@ -182,28 +214,25 @@ def check_reads(
         # A cached "no assignment" names the experiment as missing (issue 10, path 9).
         negative = "assignment" if o.state == 0 and "assign" in o.source else ""
         # 1. read-your-writes on the acknowledging incarnation (no bound)
-        mine = [a for a in acks_by_node[(op.node, o.entity)] if a[0] < op.invoke]
-        if mine:
-            newest = max(mine, key=lambda a: a[1])
-            if o.state < newest[1]:
-                violations.append(
-                    Violation(
-                        "assignment-not-found-after-create" if negative else "read-your-writes",
-                        op.phase,
-                        f"{o.entity}: {op.node} acknowledged state {newest[1]} "
-                        f"{(op.invoke - newest[0]) * 1000:.0f} ms before serving {o.state} "
-                        f"({o.source})",
-                        (newest[2].describe(t0), op.describe(t0)),
-                    )
+        newest = acks_by_node.get((op.node, o.entity), nothing).newest_before(op.invoke)
+        if newest is not None and o.state < newest.state:
+            violations.append(
+                Violation(
+                    "assignment-not-found-after-create" if negative else "read-your-writes",
+                    op.phase,
+                    f"{o.entity}: {op.node} acknowledged state {newest.state} "
+                    f"{(op.invoke - newest.time) * 1000:.0f} ms before serving {o.state} "
+                    f"({o.source})",
+                    (newest.op.describe(t0), op.describe(t0)),
                 )
-                figures.note(op.phase, _faulty(windows, op.invoke), op.invoke - newest[0])
-                continue
+            )
+            figures.note(op.phase, _faulty(windows, op.invoke), op.invoke - newest.time)
+            continue
         # 2. bounded staleness against the first newer state known before the read
-        newer = [k for k in known.get(o.entity, []) if k.state > o.state and k.time < op.invoke]
-        if not newer:
+        first = known.get(o.entity, nothing).first_above(o.state, op.invoke)
+        if first is None:
             figures.note(op.phase, _faulty(windows, op.invoke), 0.0)
             continue
-        first = newer[0]  # sorted by time
         staleness = op.invoke - first.time
         faulty = _faulty(windows, op.invoke)
         figures.note(op.phase, faulty, staleness)
@@ -213,7 +242,7 @@ def check_reads(
             kind = "assignment-not-found-after-create" if negative else kind
             evidence = [first.op.describe(t0), op.describe(t0)]
             if first.how == "observed":
-                writers = _unacked_writer(history, o.entity, first)
+                writers = _unacked_writer(writes[o.entity], first)
                 evidence[:0] = ["(unacknowledged writer) " + w.describe(t0) for w in writers]
             violations.append(
                 Violation(
@@ -227,16 +256,17 @@ def check_reads(
     return violations, figures
 
 
-def _unacked_writer(history: History, entity: str, known: Known) -> list[Op]:
+def _unacked_writer(writes: list[Op], known: Known) -> list[Op]:
     """The unacknowledged write that can have made ``known.state`` (the last candidate)."""
     candidates = [
         op
-        for op in history.ops
-        if op.kind in VERSIONED_WRITES
-        and op.entity == entity
-        and op.code not in ("OK", "ABORTED")  # an aborted upsert wrote nothing
-        and op.input.get("version") == known.state - 1
+        for op in writes
+        if op.code not in ("OK", "ABORTED")  # an aborted upsert wrote nothing
         and op.invoke < known.time
+        and (
+            (op.kind in VERSIONED_WRITES and op.input.get("version") == known.state - 1)
+            or (op.kind == "upsert_item" and op.input.get("seq") == known.state)
+        )
     ]
     return candidates[-1:]
 
