@@ -101,7 +101,10 @@ def render(history: History, facts: RunFacts) -> str:
         f"never answered {e.unanswered}; in ClickHouse {e.present} "
         f"(unmerged copies inside one instance: {e.unmerged_copies})"
     )
-    lines.append(f"reads checked: {facts.reads.reads}")
+    lines.append(
+        f"reads checked: {facts.reads.reads} (staleness: from when the first state newer than "
+        "the one served became known to the read's invoke)"
+    )
     lines += [f"note: {n}" for n in facts.notes]
     kinds = Counter(v.kind for v in facts.violations)
     lines.append("violations: " + (", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "none"))
