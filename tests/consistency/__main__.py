@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"comma-separated subset of: {', '.join(f.name for f in FAULTS)} (default: all)",
     )
+    parser.add_argument(
+        "--relax-all-faults",
+        action="store_true",
+        help="apply the fault bound during every fault, not only those that cut Redis",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs)")
     return parser
 
@@ -77,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         p_tight=args.p_tight,
         p_cancel=args.p_cancel,
         phases=tuple(args.phases.split(",")) if args.phases else None,
+        relax_all_faults=args.relax_all_faults,
         keep=args.keep,
     )
     started = time.monotonic()

@@ -15,8 +15,12 @@ One phase per fault, in a fixed order (the table has one row each):
 | pg-down-restart     | PostgreSQL unreachable, instance 0 restarted: it must start,  |
 |                     | report ``postgres`` NOT_SERVING, and recover after heal       |
 
-Reads invoked between injection and the end of the grace window are held to
-the fault bound (L1 max age + retry interval); all others to the tight bound.
+Reads invoked between injection and the end of the grace window of a Redis
+fault (the invalidation feed is cut) are held to the fault bound (L1 max age
++ retry interval); all others to the tight bound, as the model says: with the
+feed healthy, an acknowledged write is visible everywhere within the bound
+whatever PostgreSQL, deadlines or a crashed peer do (``--relax-all-faults``
+applies the fault bound to every fault instead).
 """
 
 from __future__ import annotations
@@ -54,17 +58,22 @@ class Timing:
 
 @dataclass
 class Window:
-    """When a phase's fault was active; reads in [injected, grace_end) get the fault bound."""
+    """When a phase's fault was active.
+
+    Reads in [injected, grace_end) of a fault that cuts the invalidation feed
+    (``relaxed``) get the fault bound; every other read gets the tight one.
+    """
 
     name: str
     start: float
+    relaxed: bool = False
     injected: float = 0.0
     healed: float = 0.0
     grace_end: float = 0.0
     end: float = 0.0
 
     def faulty(self, t: float) -> bool:
-        return self.injected <= t < self.grace_end
+        return self.relaxed and self.injected <= t < self.grace_end
 
 
 Step = Callable[["FaultController"], Awaitable[None]]
@@ -76,6 +85,10 @@ class Fault:
     inject: Step | None = None
     heal: Step | None = None
     hold: Step | None = None  # runs for the fault's duration instead of a plain sleep
+    # Whether the fault reaches Redis, and so the invalidation feed: the model
+    # relaxes the bound to the L1 max age (+ retries) only then. PostgreSQL
+    # faults, deadlines and a dead instance leave the feed healthy.
+    feed_down: bool = False
 
 
 class FaultController:
@@ -88,7 +101,9 @@ class FaultController:
         timing: Timing,
         log: Callable[[str], None] = lambda _: None,
         phases: tuple[str, ...] | None = None,
+        relax_all: bool = False,
     ) -> None:
+        self.relax_all = relax_all
         self.faults = tuple(f for f in FAULTS if phases is None or f.name in phases)
         self.cluster = cluster
         self.log = log
@@ -128,7 +143,8 @@ class FaultController:
     async def _phase(self, fault: Fault, cycle: int) -> None:
         t = self.timing
         name = fault.name if cycle == 1 else f"{fault.name}/{cycle}"
-        window = Window(name, start=time.monotonic())
+        relaxed = fault.feed_down or self.relax_all
+        window = Window(name, start=time.monotonic(), relaxed=relaxed)
         self.windows.append(window)
         self.conditions.phase = name
         self.log(f"phase {name}")
@@ -305,9 +321,9 @@ def _name(status: int | None) -> str:
 
 FAULTS: tuple[Fault, ...] = (
     Fault("none"),
-    Fault("redis-paused", _pause_redis, _resume_redis),
-    Fault("redis-conns-killed", _noop, _noop, hold=_kill_connections),
-    Fault("redis-restarted", _kill_redis, _start_redis),
+    Fault("redis-paused", _pause_redis, _resume_redis, feed_down=True),
+    Fault("redis-conns-killed", _noop, _noop, hold=_kill_connections, feed_down=True),
+    Fault("redis-restarted", _kill_redis, _start_redis, feed_down=True),
     Fault("pg-unreachable", _pg_unreachable, _pg_heal),
     Fault("pg-slow", _pg_slow, _pg_heal),
     Fault("deadline-storm", _storm, _calm),

@@ -49,7 +49,9 @@ def render(history: History, facts: RunFacts) -> str:
     for op in history.ops:
         ops[op.phase][op.code] += 1
     by_phase = Counter(v.phase for v in facts.violations)
-    rows = [("phase", "ops", "violations", "staleness fault+grace", "staleness steady", "outcomes")]
+    rows = [
+        ("phase", "ops", "violations", "stale max, fault bound", "stale max, bound", "outcomes")
+    ]
     for phase in ["setup", *phases]:
         if phase not in ops and not by_phase[phase]:
             continue
@@ -78,10 +80,11 @@ def render(history: History, facts: RunFacts) -> str:
             lines.append("-" * (sum(widths) + 3 * 5 + 30))
     for w in facts.windows:
         if w.injected != w.healed:
+            bound = "fault bound" if w.relaxed else "bound"
             lines.append(
                 f"  {w.name}: fault {(w.injected - history.t0) * 1000:.0f}"
                 f"..{(w.healed - history.t0) * 1000:.0f} ms, "
-                f"grace until {(w.grace_end - history.t0) * 1000:.0f} ms"
+                f"grace until {(w.grace_end - history.t0) * 1000:.0f} ms ({bound})"
             )
     if unplaced:
         lines.append(f"(violations outside any phase row: {unplaced})")

@@ -49,6 +49,7 @@ class Options:
     p_tight: float = 0.05  # share of calls with a 10-100 ms deadline (outside the storm)
     p_cancel: float = 0.04  # share of calls the client cancels after 0-50 ms
     phases: tuple[str, ...] | None = None  # default: every phase of faults.FAULTS
+    relax_all_faults: bool = False  # fault bound in every fault window, not only Redis ones
     keep: bool = False
 
     def retry_interval_s(self) -> float:
@@ -96,7 +97,9 @@ async def _run(cluster: Cluster, options: Options, log: Callable[[str], None]) -
     workload = Workload(
         history, cluster.instances, channels, conditions, seed=options.seed, clients=options.clients
     )
-    controller = FaultController(cluster, conditions, timing, log, options.phases)
+    controller = FaultController(
+        cluster, conditions, timing, log, options.phases, options.relax_all_faults
+    )
     notes: list[str] = []
     try:
         await workload.setup()

@@ -71,10 +71,12 @@ def test_staleness_beyond_the_bound_and_the_fault_bound_in_a_window() -> None:
     _write(h, 2, (1.0, 1.01))
     _read(h, 1, (1.5, 1.51), instance="i1")
     assert kinds(h) == ["stale-read"]
-    window = Window("w", start=1.4, injected=1.4, healed=1.45, grace_end=3.0)
+    window = Window("w", start=1.4, relaxed=True, injected=1.4, healed=1.45, grace_end=3.0)
     violations, figures = check_reads(h, [window], BOUNDS)
     assert violations == []
     assert round(figures.worst["p"]["fault"]) == 490
+    window.relaxed = False  # a fault that leaves the invalidation feed up: tight bound
+    assert kinds(h, [window]) == ["stale-read"]
 
 
 def test_a_commit_revealed_by_a_conflict_counts_from_when_it_was_seen() -> None:
