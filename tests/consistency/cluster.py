@@ -31,6 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -70,7 +71,7 @@ class PersistentValkey:
         self.port = int(self._server.port)
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
-    def _start(self, port: int | None) -> object:
+    def _start(self, port: int | None) -> Any:
         server = self._factory(
             port=port,
             data_dir=self._folder,
@@ -94,7 +95,7 @@ class PersistentValkey:
 
     def kill(self) -> None:
         """SIGKILL: connections drop at once, nothing is flushed (the AOF already is)."""
-        self._server.terminate()  # type: ignore[attr-defined]
+        self._server.terminate()
 
     def start_again(self) -> None:
         """Start again on the same port, replaying the AOF."""
@@ -105,14 +106,13 @@ class PersistentValkey:
         with contextlib.closing(self.client()) as client:
             killed = 0
             for kind in ("normal", "pubsub"):
-                killed += int(
-                    client.execute_command("CLIENT", "KILL", "TYPE", kind, "SKIPME", "yes")
-                )
+                command = ("CLIENT", "KILL", "TYPE", kind, "SKIPME", "yes")
+                killed += int(client.execute_command(*command))  # type: ignore[no-untyped-call]
             return killed
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self._server.terminate()  # type: ignore[attr-defined]
+            self._server.terminate()
 
 
 @dataclass

@@ -16,6 +16,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.write_sep("=", "consistency report")
     terminalreporter.write_line(text)
     if getattr(config, "cache", None) is not None:
-        path = config.cache.mkdir("consistency") / "report.txt"  # type: ignore[attr-defined]
+        path = config.cache.mkdir("consistency") / "report.txt"
         path.write_text(text)
         terminalreporter.write_line(f"(also in {path})")

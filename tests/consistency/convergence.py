@@ -51,8 +51,7 @@ async def _round(
         for entity, request in _requests(u):
             outcome = await call(stub.RouteData, request, deadline_s=DEADLINE_S)
             if outcome.code == "OK":
-                (o,) = p.read_observations(outcome.response, entity) or [None]
-                if o is not None:
+                for o in p.read_observations(outcome.response, entity):
                     served.append((f"{name} {o.source}", entity, (o.state, o.token)))
                 if outcome.response.cache_key.startswith("search:"):
                     search_keys.append(outcome.response.cache_key)

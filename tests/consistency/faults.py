@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 from grpc_health.v1 import health_pb2
 
-from tests.consistency.cluster import Cluster, health, wait_ready
+from tests.consistency.cluster import Cluster, PersistentValkey, health, wait_ready
 from tests.consistency.history import Violation
+from tests.consistency.proxy import PostgresProxy
 from tests.consistency.workload import Conditions
 
 PG_DELAY_S = 0.1
@@ -117,12 +118,12 @@ class FaultController:
         self._fault_end = 0.0
 
     @property
-    def valkey(self):  # type: ignore[no-untyped-def]
+    def valkey(self) -> PersistentValkey:
         assert self.cluster.valkey is not None
         return self.cluster.valkey
 
     @property
-    def proxy(self):  # type: ignore[no-untyped-def]
+    def proxy(self) -> PostgresProxy:
         assert self.cluster.proxy is not None
         return self.cluster.proxy
 
@@ -316,7 +317,7 @@ async def _wait_health(target: str, wanted: int, timeout_s: float) -> int | None
 def _name(status: int | None) -> str:
     if status is None:
         return "no answer"
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(status))  # type: ignore[arg-type]
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
 
 
 FAULTS: tuple[Fault, ...] = (

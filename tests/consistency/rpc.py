@@ -98,4 +98,4 @@ class Channels:
 
     async def close(self) -> None:
         for channel in self._channels:
-            await channel.close()
+            await channel.close(None)

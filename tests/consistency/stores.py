@@ -87,12 +87,18 @@ def _count_here(path: str) -> None:
 
     client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
     try:
-        final = dict(
-            client.query("SELECT event_id, count() FROM events FINAL GROUP BY event_id").result_rows
-        )
-        raw = dict(
-            client.query("SELECT event_id, count() FROM events GROUP BY event_id").result_rows
-        )
+        final: dict[str, int] = {
+            row[0]: row[1]
+            for row in client.query(
+                "SELECT event_id, count() FROM events FINAL GROUP BY event_id"
+            ).result_rows
+        }
+        raw: dict[str, int] = {
+            row[0]: row[1]
+            for row in client.query(
+                "SELECT event_id, count() FROM events GROUP BY event_id"
+            ).result_rows
+        }
     finally:
         client.close()
     print(json.dumps({k: [final.get(k, 0), raw[k]] for k in raw}))

@@ -240,7 +240,7 @@ class Workload:
         cancel_after_s: float | None,
     ) -> None:
         u = self.universe
-        limits = {"deadline_s": deadline_s, "cancel_after_s": cancel_after_s}
+        limits: dict[str, Any] = {"deadline_s": deadline_s, "cancel_after_s": cancel_after_s}
         if kind == "get_experiment":
             e = u.experiments[int(pick * len(u.experiments))]
             await self._read(
