@@ -33,6 +33,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tests.consistency.convergence import Convergence
 from tests.consistency.faults import Window
 from tests.consistency.history import History, Observation, Op, Violation
 
@@ -358,3 +359,20 @@ def check_events(
         for event_id in sorted(set(c) - sent_ids):
             out.append(Violation("phantom-event", "-", f"{event_id} in {name} was never sent"))
     return out, figures
+
+
+def check_convergence(history: History, convergence: Convergence) -> list[Violation]:
+    """What still differed from the stores at the end, with the writes behind both values."""
+    by_token: dict[str, Op] = {}
+    for op in history.ops:
+        if op.kind in VERSIONED_WRITES or op.kind == "upsert_item":
+            by_token[str(op.input.get("token"))] = op
+    out = []
+    for m in convergence.mismatches[:20]:
+        evidence = []
+        for label, value in (("store", m.truth), ("served", m.served)):
+            if isinstance(value, tuple) and (writer := by_token.get(value[1])) is not None:
+                evidence.append(f"({label} value written by) {writer.describe(history.t0)}")
+        message = f"after {convergence.timeout_s:.0f} s: {m}"
+        out.append(Violation("not-converged", "final", message, tuple(evidence)))
+    return out

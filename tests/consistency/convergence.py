@@ -14,19 +14,32 @@ import time
 from dataclasses import dataclass, field
 
 from tests.consistency import protocol as p
-from tests.consistency.history import Violation
 from tests.consistency.rpc import Channels, call
-from tests.consistency.stores import Truth, chroma_truth, postgres_truth
+from tests.consistency.stores import chroma_truth, postgres_truth
 from tests.consistency.workload import Universe
 
 DEADLINE_S = 3.0
 
 
+@dataclass(frozen=True)
+class Mismatch:
+    """A value served (or an error) that differs from the store's."""
+
+    where: str  # "i0 CACHED", "GetCached experiment:x", ...
+    entity: str
+    served: tuple[int, str] | str  # (state, token), or the error
+    truth: tuple[int, str]
+
+    def __str__(self) -> str:
+        return f"{self.entity} via {self.where}: {self.served} but the store holds {self.truth}"
+
+
 @dataclass
 class Convergence:
+    timeout_s: float
     converged_after_s: float | None = None
     rounds: int = 0
-    violations: list[Violation] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list)  # of the last round
 
 
 def _requests(u: Universe) -> list[tuple[str, object]]:
@@ -44,7 +57,7 @@ def _requests(u: Universe) -> list[tuple[str, object]]:
 
 async def _round(
     channels: Channels, names: list[str], u: Universe, dsn: str, chroma_url: str
-) -> list[str]:
+) -> list[Mismatch]:
     served: list[tuple[str, str, tuple[int, str] | str]] = []  # (where, entity, value or error)
     search_keys: list[str] = []
     for name, stub in zip(names, channels.stubs, strict=True):
@@ -64,12 +77,12 @@ async def _round(
     truth = await postgres_truth(dsn)
     truth.states.update((await asyncio.to_thread(chroma_truth, chroma_url, list(u.items))).states)
     mismatches = [
-        f"{entity} via {where}: {value} but the store holds {_shown(truth, entity)}"
+        Mismatch(where, entity, value, truth.get(entity))
         for where, entity, value in served
         if value != truth.get(entity)
     ]
     if cached.code != "OK":
-        mismatches.append(f"GetCached answered {cached.code} {cached.message}")
+        mismatches.append(Mismatch("GetCached", "-", f"{cached.code} {cached.message}", (0, "")))
         return mismatches
     for entry in cached.response.entries:
         if not entry.hit:
@@ -84,14 +97,8 @@ async def _round(
             # a cached "no assignment" speaks for its experiment (see protocol)
             entity, value = o.entity, (o.state, o.token)
         if value != truth.get(entity):
-            mismatches.append(
-                f"GetCached {entry.key}: {value} but the store holds {_shown(truth, entity)}"
-            )
+            mismatches.append(Mismatch(f"GetCached {entry.key}", entity, value, truth.get(entity)))
     return mismatches
-
-
-def _shown(truth: Truth, entity: str) -> tuple[int, str]:
-    return truth.get(entity)
 
 
 async def converge(
@@ -103,18 +110,13 @@ async def converge(
     timeout_s: float,
 ) -> Convergence:
     """Poll rounds until one agrees with the stores or ``timeout_s`` passed."""
-    result = Convergence()
+    result = Convergence(timeout_s)
     started = time.monotonic()
-    mismatches: list[str] = []
     while time.monotonic() - started < timeout_s or result.rounds == 0:
         result.rounds += 1
-        mismatches = await _round(channels, names, universe, dsn, chroma_url)
-        if not mismatches:
+        result.mismatches = await _round(channels, names, universe, dsn, chroma_url)
+        if not result.mismatches:
             result.converged_after_s = time.monotonic() - started
             return result
         await asyncio.sleep(0.25)
-    for line in mismatches[:20]:
-        result.violations.append(
-            Violation("not-converged", "final", f"after {timeout_s:.0f} s: {line}")
-        )
     return result

@@ -142,7 +142,8 @@ async def _run(cluster: Cluster, options: Options, log: Callable[[str], None]) -
     read_violations, figures = checks.check_reads(history, controller.windows, bounds)
     violations += read_violations + checks.check_sticky(history)
     event_violations, event_figures = checks.check_events(history, workload.events, counts)
-    violations += event_violations + controller.incidents + convergence.violations
+    violations += event_violations + controller.incidents
+    violations += checks.check_convergence(history, convergence)
     title = (
         f"consistency: seed {options.seed}, {options.instances} instances, "
         f"{options.clients} clients, L1 max age {options.l1_max_age_s:g} s, "

@@ -7,10 +7,12 @@ from typing import Any
 from tests.consistency.checks import (
     Bounds,
     check_codes,
+    check_convergence,
     check_events,
     check_reads,
     check_sticky,
 )
+from tests.consistency.convergence import Convergence, Mismatch
 from tests.consistency.faults import Window
 from tests.consistency.history import History, Observation, Op
 
@@ -144,3 +146,16 @@ def test_events_exactly_once_over_the_union() -> None:
         1,
         1,
     )
+
+
+def test_convergence_names_the_writes_behind_both_values() -> None:
+    h = History(0.0)
+    _op(h, "upsert_experiment", "exp:e", (1.0, 1.1), "OK", input={"token": "t1"})
+    _op(h, "upsert_experiment", "exp:e", (2.0, 2.1), "UNAVAILABLE", input={"token": "t2"})
+    convergence = Convergence(
+        15.0, mismatches=[Mismatch("i0 CACHED", "exp:e", (1, "t1"), (2, "t2"))]
+    )
+    (violation,) = check_convergence(h, convergence)
+    assert violation.kind == "not-converged"
+    assert violation.evidence[0].startswith("(store value written by) op#1")
+    assert violation.evidence[1].startswith("(served value written by) op#0")
