@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -62,7 +62,6 @@ class Store:
         self.started = asyncio.Event()
         self.clock = clock
         self.load_seconds = load_seconds
-        self.bulk_requests: list[list[str]] = []
 
     def put(self, key: str, version: int = 1) -> Experiment:
         value = Experiment(experiment_id=key.split(":")[1], name="checkout", version=version)
@@ -82,13 +81,6 @@ class Store:
             return self.rows.get(key)
 
         return load
-
-    async def load_many(self, keys: Sequence[str]) -> Mapping[str, Experiment]:
-        self.calls += 1
-        self.bulk_requests.append(list(keys))
-        if self.error is not None:
-            raise self.error
-        return {k: self.rows[k] for k in keys if k in self.rows}
 
 
 def policy(**changes: Any) -> CachePolicy:
@@ -574,77 +566,6 @@ async def test_unresponsive_redis_is_bounded_by_the_timeout(
         await server.wait_closed()
 
 
-# -- bulk -----------------------------------------------------------------------------------
-
-
-async def test_bulk_mixes_hits_misses_and_not_found(cache: CacheAside, stats: CacheStats) -> None:
-    store = Store()
-    cached = store.put("experiment:a")
-    await cache.get_or_load("experiment:a", Experiment, store.loader("experiment:a"), policy())
-    loaded = store.put("experiment:b")
-    keys = ["experiment:a", "experiment:b", "experiment:missing", "experiment:a"]
-    first = await cache.get_many_or_load(keys, Experiment, store.load_many, policy())
-    assert list(first) == ["experiment:a", "experiment:b", "experiment:missing"]
-    served_a, served_b = first["experiment:a"], first["experiment:b"]
-    assert served_a is not None
-    assert served_b is not None
-    assert (served_a.status, served_a.value) == (CACHED, cached)
-    assert (served_b.status, served_b.value) == (FRESH, loaded)
-    assert first["experiment:missing"] is None
-    assert store.bulk_requests == [["experiment:b", "experiment:missing"]]
-    assert store.calls == 2  # one single load, one bulk load
-
-    second = await cache.get_many_or_load(keys, Experiment, store.load_many, policy())
-    assert second["experiment:missing"] is None
-    assert {k: v.status for k, v in second.items() if v is not None} == {
-        "experiment:a": CACHED,
-        "experiment:b": CACHED,
-    }
-    assert store.calls == 2
-    assert counts(stats)[Outcome.NEGATIVE_HIT] == 1
-    # The single-key path reads what the bulk path stored.
-    with pytest.raises(NotFound):
-        await cache.get_or_load(
-            "experiment:missing", Experiment, store.loader("experiment:missing"), policy()
-        )
-    assert store.calls == 2
-
-
-async def test_bulk_store_failure_serves_stale_or_is_unavailable(
-    cache: CacheAside, clock: FakeClock, stats: CacheStats
-) -> None:
-    store = Store()
-    store.put("experiment:a")
-    await cache.get_many_or_load(["experiment:a"], Experiment, store.load_many, policy())
-    clock.advance(100.0)
-    store.error = ConnectionError("postgres is down")
-    stale = await cache.get_many_or_load(["experiment:a"], Experiment, store.load_many, policy())
-    served = stale["experiment:a"]
-    assert served is not None
-    assert served.status == STALE
-    with pytest.raises(Unavailable) as caught:
-        await cache.get_many_or_load(
-            ["experiment:a", "experiment:new"], Experiment, store.load_many, policy()
-        )
-    assert "experiment:new" in caught.value.message
-    assert caught.value.__cause__ is store.error
-    assert counts(stats)[Outcome.STALE] == 1
-
-
-async def test_bulk_with_dead_redis_loads_everything(namespace: str, clock: FakeClock) -> None:
-    store = Store()
-    store.put("experiment:a")
-    async with dead_redis() as dead:
-        cache = CacheAside(dead, KeySpace(namespace), CacheStats(), CircuitBreaker(), clock=clock)
-        result = await cache.get_many_or_load(
-            ["experiment:a", "experiment:b"], Experiment, store.load_many, policy()
-        )
-    served = result["experiment:a"]
-    assert served is not None
-    assert served.status == FRESH
-    assert result["experiment:b"] is None
-
-
 # -- invalidation ---------------------------------------------------------------------------
 
 
@@ -707,13 +628,11 @@ async def test_disabled_policy_touches_no_redis(
             assert served.status == FRESH
         with pytest.raises(NotFound):
             await cache.get_or_load("experiment:nope", Experiment, store.loader("x:nope"), off)
-        bulk = await cache.get_many_or_load([KEY], Experiment, store.load_many, off)
-        assert bulk[KEY] is not None
     finally:
         await cache.aclose()
         await counting.aclose()
     assert counting.calls == 0
-    assert store.calls == 5
+    assert store.calls == 4
     assert [k async for k in redis_client.scan_iter(match=namespace + "*")] == []
 
 

@@ -89,14 +89,14 @@ async def test_hot_reads_skip_redis_until_another_instance_invalidates(
     assert a.loads == 2
 
 
-async def test_pattern_announcements_reach_other_instances(
+async def test_pattern_invalidations_reach_other_instances(
     pair: tuple[Instance, Instance],
 ) -> None:
     a, b = pair
     await a.read()
     await a.read()
     assert a.local.get(KEY) is not None
-    await b.cache.announce(["experiment:h*"])
+    await b.cache.invalidate(patterns=["experiment:h*"])
     await eventually(lambda: a.local.get(KEY) is None)
 
 

@@ -25,7 +25,6 @@ from mcprouter.server.postgres.pool import create_pool
 from mcprouter.server.postgres.processor import PostgresPolicies, PostgresProcessor
 from mcprouter.server.postgres.store import PostgresStore
 from mcprouter.server.redis.connection import create_redis
-from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, UserProfile, Variant
@@ -97,9 +96,7 @@ def build_rig(
     # which refuse at once.
     cache = CacheAside(redis, keyspace, stats, breaker, clock=clock, redis_timeout=2.0)
     store = PostgresStore(pool)
-    processor = PostgresProcessor(
-        store, cache, RedisProcessor(redis, keyspace, stats, cache), policies()
-    )
+    processor = PostgresProcessor(store, cache, policies())
     return Rig(processor, store, cache, stats, clock)
 
 
@@ -234,6 +231,7 @@ async def test_assignment_is_sticky_across_a_weight_change(rig: Rig) -> None:
 async def test_only_running_experiments_assign_and_refusals_are_not_cached(rig: Rig) -> None:
     draft = await create(rig, experiment(uid("e"), status=ExperimentStatus.EXPERIMENT_STATUS_DRAFT))
     op = rs.GetAssignmentOperation(experiment_id=draft.experiment_id, user_id="u1")
+    await get_experiment(rig, draft.experiment_id)  # cached: assignments check it first
     before = rig.store.queries
     for _ in range(2):
         with pytest.raises(errors.FailedPrecondition):

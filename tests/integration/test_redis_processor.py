@@ -9,10 +9,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from mcprouter.server.cache import CacheAside, CircuitBreaker
+from mcprouter.server.cache.invalidation import UNLINK_BATCH
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.redis.connection import create_redis
-from mcprouter.server.redis.processor import UNLINK_BATCH, RedisProcessor
+from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.stats import CacheStats
 
 

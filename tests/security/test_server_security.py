@@ -31,7 +31,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from mcprouter.server import deadlines
+from mcprouter.server import budget as deadlines
 from mcprouter.server.config import Settings
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.router import Router, RouteResult

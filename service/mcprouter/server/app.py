@@ -181,7 +181,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         cache_ops = RedisProcessor(redis, keyspace, stats, cache)
         postgres_store = PostgresStore(postgres)
         pg_policies = postgres_policies(settings)
-        postgres_processor = PostgresProcessor(postgres_store, cache, cache_ops, pg_policies)
+        postgres_processor = PostgresProcessor(postgres_store, cache, pg_policies)
         stack.push_async_callback(postgres_processor.aclose)
 
         clickhouse = await stack.enter_async_context(open_clickhouse_store(settings))

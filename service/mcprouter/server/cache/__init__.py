@@ -5,7 +5,7 @@ data type is cached with a ``CachePolicy``. Module map:
 
 - ``core``: ``CacheAside``, the read path, invalidation and shutdown.
 - ``loading``: one key's load under the cross-process lease, stale-if-error.
-- ``bulk``: the MGET / one-loader-call / pipeline path.
+- ``invalidation``: removal from Redis (leases, then values, then the feed).
 - ``guard``: the Redis boundary: timeouts, breaker, fail open.
 - ``local``, ``feed``: the in-process L1 and the pub/sub invalidation feed
   that keeps it coherent across instances.
@@ -17,13 +17,12 @@ from mcprouter.server.cache.core import CacheAside
 from mcprouter.server.cache.envelope import SCHEMA_VERSION, Entry, decode, encode
 from mcprouter.server.cache.local import LocalCache
 from mcprouter.server.cache.policy import CachePolicy, xfetch_due
-from mcprouter.server.cache.served import BulkLoader, Loader, Served
+from mcprouter.server.cache.served import Loader, Served
 from mcprouter.server.cache.single_flight import SingleFlight
 
 __all__ = [
     "SCHEMA_VERSION",
     "BreakerState",
-    "BulkLoader",
     "CacheAside",
     "CachePolicy",
     "CircuitBreaker",

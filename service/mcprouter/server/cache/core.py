@@ -6,13 +6,21 @@ process (single-flight) under a short Redis lease, so other instances wait for
 the value instead of stampeding the store; the answer is stored with jittered
 TTLs, "not found" is cached briefly, and a store failure serves a kept stale
 entry as ``STALE``. Redis failures never fail a read (fail open, see
-``guard.py``). Invalidation is the exception: it raises ``CacheUnavailable``,
-because a write must not silently leave stale data behind.
+``guard.py``).
+
+Invalidation never fails open. ``invalidate`` (the Invalidate RPC) reports a
+Redis failure as ``CacheUnavailable``; ``after_write`` (what follows a
+committed write) hands the removal to ``FollowUps``, which retries it until
+Redis takes it, and until then this instance reads the affected keys straight
+from the store (read-your-writes). Both drop the keys from the L1 before and
+again after Redis removed them, so a read that raced the removal cannot leave
+the old value in memory. See ``invalidation.py`` for the order in Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import random
 import secrets
@@ -24,16 +32,17 @@ import redis.asyncio as aioredis
 from google.protobuf.message import Message
 
 from mcprouter.server.cache.breaker import CircuitBreaker
-from mcprouter.server.cache.bulk import BulkReader
 from mcprouter.server.cache.envelope import Entry, decode
-from mcprouter.server.cache.feed import InvalidationFeed, encode_message
+from mcprouter.server.cache.feed import InvalidationFeed
 from mcprouter.server.cache.guard import REDIS_ERRORS, Down, GuardedRedis
+from mcprouter.server.cache.invalidation import Remover
 from mcprouter.server.cache.loading import KeyLoader, Loaded
 from mcprouter.server.cache.local import LocalCache
 from mcprouter.server.cache.policy import CachePolicy, xfetch_due
-from mcprouter.server.cache.served import BulkLoader, Loader, M, Served, not_found, parse, utc
+from mcprouter.server.cache.served import Loader, M, Served, not_found, parse, utc
 from mcprouter.server.cache.single_flight import SingleFlight
 from mcprouter.server.errors import CacheUnavailable
+from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
@@ -58,6 +67,7 @@ class CacheAside:
         rng: random.Random | None = None,
         redis_timeout: float = 0.25,
         local: LocalCache | None = None,
+        followups: FollowUps | None = None,
     ) -> None:
         """Borrow a Redis client (bytes replies: ``decode_responses=False``).
 
@@ -71,6 +81,8 @@ class CacheAside:
             redis_timeout: Bound on each Redis call, in seconds.
             local: An in-process L1 to serve hot keys from; it serves once
                 ``start()`` has connected the invalidation feed.
+            followups: Runs the invalidations that follow committed writes
+                (retried until Redis takes them); ``aclose()`` closes it.
         """
         self._guard = GuardedRedis(redis, breaker, stats, redis_timeout)
         self._redis = redis
@@ -80,7 +92,7 @@ class CacheAside:
         self._rng = rng or random.Random()
         self._flights: SingleFlight[Loaded] = SingleFlight()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._generation = 0
+        self._followups = followups if followups is not None else FollowUps()
         self._local = (
             local if local is not None else LocalCache(max_entries=0, max_age=0, clock=clock)
         )
@@ -99,14 +111,7 @@ class CacheAside:
             rng=self._rng,
             is_current=self._flights.is_current,
         )
-        self._bulk = BulkReader(
-            self._guard,
-            keyspace,
-            stats,
-            clock=clock,
-            rng=self._rng,
-            generation=lambda: self._generation,
-        )
+        self._remover = Remover(self._guard, keyspace, self._feed.channel, self._origin)
 
     def start(self) -> None:
         """Connect the invalidation feed, which turns the L1 on (if configured)."""
@@ -143,10 +148,10 @@ class CacheAside:
             RouterError: Any other ``RouterError`` the loader raised, unchanged.
         """
         dt = policy.data_type
-        if not policy.enabled:
-            loaded = await self._loader.fetch(
-                key, message_type, loader, policy, None, use_redis=False
-            )
+        if not policy.enabled or (self._followups and self._awaiting_invalidation(key)):
+            # Uncached, or a write of ours is not yet invalidated in Redis:
+            # read the store, store nothing (read-your-writes).
+            loaded = await self._loader.fetch(key, message_type, loader, policy, None)
             return self._served(key, loaded, message_type, policy)
         local = self._local.get(key)
         if local is not None and (local.value is None or isinstance(local.value, message_type)):
@@ -196,103 +201,86 @@ class CacheAside:
             self._stats.record(dt, Outcome.STALE)
         return self._served(key, loaded, message_type, policy)
 
-    async def get_many_or_load(
-        self,
-        keys: Sequence[str],
-        message_type: type[M],
-        loader: BulkLoader[M],
-        policy: CachePolicy,
-    ) -> dict[str, Served[M] | None]:
-        """Serve many keys with one MGET, one loader call and one store pipeline.
+    async def invalidate(self, keys: Sequence[str] = (), patterns: Sequence[str] = ()) -> int:
+        """Remove keys and patterns now, for the Invalidate RPC; report a failure.
 
-        Keys absent from the loader's mapping are not found: they are cached as
-        such and answered ``None``. Bulk reads take no lease, are not
-        single-flighted and do not refresh early.
-
-        Args:
-            keys: Client-visible keys; duplicates are served once.
-            message_type: The message class the payloads hold.
-            loader: Loads the missing keys; returns the found ones by key.
-            policy: TTLs of this data type.
-
-        Returns:
-            Every requested key mapped to its answer, or ``None`` if not found.
-
-        Raises:
-            Unavailable: The store failed and some missing key has no stale copy.
-            RouterError: Any other ``RouterError`` the loader raised, unchanged.
-        """
-        return await self._bulk.read(keys, message_type, loader, policy)
-
-    async def invalidate(self, keys: Sequence[str]) -> int:
-        """Remove client-visible keys (and their leases) from the cache with UNLINK.
-
-        Loads of these keys running in this process are detached: their waiters
-        still get the value they asked for before the write, but it is not
-        stored, and later reads start a new load. Unlike reads, invalidation does
-        not fail open and does not wait for an open breaker (it always tries): a
-        write must not report success while the cache may still hold old data.
+        Runs in a task of its own, so a caller cancelled half-way (a deadline
+        during a long SCAN) does not leave the removal half done. Loads of the
+        matched keys running in this process are detached: their waiters still
+        get the value they asked for, but it is not stored.
 
         Args:
             keys: Client-visible keys.
+            patterns: Validated one-family glob patterns.
 
         Returns:
-            How many of them existed and were removed (also counted in stats).
+            How many values existed and were removed (also counted in stats).
 
         Raises:
-            CacheUnavailable: Redis failed; the keys may still be cached.
+            CacheUnavailable: Redis failed; the values may still be cached.
         """
         unique = list(dict.fromkeys(keys))
-        if not unique:
+        if not unique and not patterns:
             return 0
-        self._forget(unique, [])
-        message = encode_message(unique, [], origin=self._origin)
-
-        async def unlink() -> int:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.unlink(*(self._keyspace.redis_key(k) for k in unique))
-                pipe.unlink(*(self._keyspace.internal("lease", k) for k in unique))
-                # After the UNLINKs: when other instances hear of it, it is done.
-                pipe.publish(self._feed.channel, message)
-                removed, _, _ = await pipe.execute()
-            return int(removed)
-
+        task = asyncio.create_task(self._remove(unique, list(patterns)), name="invalidate")
+        self._keep(task)
         try:
-            removed = await self._guard.strict(unlink)
+            return await asyncio.shield(task)
         except REDIS_ERRORS as exc:
-            shown = ", ".join(repr(k) for k in unique[:5])
+            shown = ", ".join(repr(k) for k in [*unique, *patterns][:5])
             raise CacheUnavailable(
-                f"could not invalidate {shown}{' ...' if len(unique) > 5 else ''}: "
-                "Redis failed and the cache may still hold the old values; retry",
-                metadata={"key": ",".join(unique[:20])},
+                f"could not invalidate {shown}: Redis failed and the cache may still "
+                "hold the old values; retry",
+                metadata={"key": ",".join(unique[:20]), "pattern": ",".join(patterns[:20])},
             ) from exc
+
+    async def after_write(self, keys: Sequence[str] = (), patterns: Sequence[str] = ()) -> bool:
+        """Invalidate what a committed write changed; retried until Redis takes it.
+
+        Every key and pattern is a follow-up of its own (``FollowUps``); until
+        it succeeds, reads of what it covers on this instance bypass the
+        cache. Waits (shielded) for the first attempts only.
+
+        Returns:
+            Whether every first attempt succeeded (else they are being retried).
+        """
+        targets: list[tuple[str, list[str], list[str]]] = [
+            (k, [k], []) for k in dict.fromkeys(keys)
+        ]
+        targets += [(f"pattern {p}", [], [p]) for p in dict.fromkeys(patterns)]
+        self._forget(list(keys), list(patterns))
+        results = [
+            self._followups.request(f"invalidate {name}", self._removal(ks, ps))
+            for name, ks, ps in targets
+        ]
+        return all(await asyncio.shield(asyncio.gather(*results)))
+
+    def _removal(
+        self, keys: list[str], patterns: list[str]
+    ) -> Callable[[], Coroutine[Any, Any, int]]:
+        return lambda: self._remove(keys, patterns)
+
+    async def _remove(self, keys: list[str], patterns: list[str]) -> int:
+        self._forget(keys, patterns)
+        removed = await self._remover.remove(keys, patterns)
+        # Again: a read that ran between the first forget and the removal may
+        # have admitted the old value to the L1 (read-your-writes).
+        self._forget(keys, patterns)
         self._stats.invalidated(removed)
         return removed
 
-    async def announce(self, patterns: Sequence[str]) -> None:
-        """Tell every instance's L1 that keys matching ``patterns`` were removed.
-
-        For invalidations done outside this core (SCAN + UNLINK by pattern);
-        call it after the keys are gone from Redis.
-
-        Raises:
-            CacheUnavailable: Redis failed; other instances may serve the old
-                values from memory for up to the L1's ``max_age``.
-        """
-        self._forget([], patterns)
-        message = encode_message([], patterns, origin=self._origin)
-        try:
-            await self._guard.strict(lambda: self._redis.publish(self._feed.channel, message))
-        except REDIS_ERRORS as exc:
-            raise CacheUnavailable(
-                "removed the keys but could not announce it to other instances: "
-                f"{', '.join(patterns[:5])}",
-                metadata={"pattern": ",".join(patterns[:20])},
-            ) from exc
+    def _awaiting_invalidation(self, key: str) -> bool:
+        """Whether a follow-up invalidation covering ``key`` has not succeeded yet."""
+        if f"invalidate {key}" in self._followups:
+            return True
+        return any(
+            name.startswith("invalidate pattern ")
+            and fnmatch.fnmatchcase(key, name.removeprefix("invalidate pattern "))
+            for name in self._followups.pending()
+        )
 
     def _forget(self, keys: Sequence[str], patterns: Sequence[str]) -> None:
         """Drop keys from the L1 and detach their running loads."""
-        self._generation += 1
         self._local.drop(keys, patterns)
         for key in [*keys, *self._flights.matching(patterns)]:
             self._flights.forget(key)
@@ -312,22 +300,26 @@ class CacheAside:
         return Served(value, _CACHED, key, utc(stored_at))
 
     async def aclose(self) -> None:
-        """Cancel and await every load still running, background refreshes included."""
-        await self._feed.aclose()
+        """Cancel loads still running; give pending invalidations a last try; stop the feed."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._followups.aclose()
+        await self._feed.aclose()
+
+    def _keep(self, task: asyncio.Task[Any]) -> None:
+        # Referenced until done, so it cannot be collected mid-flight and
+        # aclose() finds it.
+        self._tasks.add(task)
+        task.add_done_callback(_forget_task(self._tasks))
 
     def _start_flight(
         self, key: str, factory: Callable[[], Coroutine[Any, Any, Loaded]]
     ) -> asyncio.Task[Loaded]:
         task, started = self._flights.start(key, factory)
         if started:
-            # Referenced until done, so it cannot be collected mid-flight and
-            # aclose() finds it.
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._keep(task)
         return task
 
     def _maybe_refresh_early(
@@ -359,6 +351,15 @@ class CacheAside:
         if not isinstance(value, message_type):
             raise TypeError(f"{key!r} was loaded as {type(value).__name__}, not {message_type}")
         return Served(value, loaded.status, key, utc(loaded.stored_at))
+
+
+def _forget_task(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a cancelled caller never awaits it
+
+    return done
 
 
 def _log_refresh_failure(task: asyncio.Task[Any]) -> None:

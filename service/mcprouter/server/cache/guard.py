@@ -17,8 +17,8 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from mcprouter.server.budget import remaining
 from mcprouter.server.cache.breaker import CircuitBreaker
-from mcprouter.server.deadlines import remaining
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.serve_status_pb2 import DataType
 

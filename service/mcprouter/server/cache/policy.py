@@ -31,6 +31,7 @@ class CachePolicy:
         lease_wait_ms: How long a caller that lost the lease polls for the value
             before loading it itself.
         xfetch_beta: Eagerness of probabilistic early refresh; 0 disables it.
+
         enabled: ``False`` sends every read straight to the store and caches
             nothing (for benchmarks and debugging).
     """

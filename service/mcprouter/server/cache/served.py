@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -16,8 +16,6 @@ M = TypeVar("M", bound=Message)
 
 Loader = Callable[[], Awaitable[M | None]]
 """Reads one value from its store; ``None`` when the store has no such value."""
-BulkLoader = Callable[[Sequence[str]], Awaitable[Mapping[str, M]]]
-"""Reads many values by client-visible key; absent keys are not found."""
 
 
 @dataclass(frozen=True, slots=True)

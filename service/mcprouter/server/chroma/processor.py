@@ -23,11 +23,15 @@ When Redis fails:
 - reading the generation: the search goes straight to Chroma, uncached
   (fail open, like every read of the cache core);
 - the INCR after a committed write: the write *was* stored, so the answer is
-  STORED (with ``generation`` 0: unknown). Until a background retry lands the
-  INCR, this instance serves that collection's searches from Chroma,
-  uncached; other instances may serve pre-write cached searches until then
-  (while Redis is down they cannot read the cache at all, so the window is
-  the time between Redis coming back and the next retry: at most 30 s).
+  STORED (with ``generation`` 0: unknown). The INCR is a follow-up
+  (``FollowUps``): retried until Redis takes it, with a last try at shutdown.
+  Until it lands, this instance serves that collection's searches from
+  Chroma, uncached; other instances may serve pre-write cached searches until
+  then (while Redis is down they cannot read the cache at all, so the window
+  is the time between Redis coming back and the next retry: about a second).
+
+The upsert and its INCR run where the caller's cancellation cannot reach
+(``writes.Writes``), so an RPC cancelled after Chroma committed still bumps.
 """
 
 from __future__ import annotations
@@ -43,25 +47,21 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from mcprouter.server.cache import CacheAside, CachePolicy
-from mcprouter.server.cache.guard import REDIS_ERRORS, Down
+from mcprouter.server.cache.guard import Down
 from mcprouter.server.chroma.filters import Where, check_collection, to_where
 from mcprouter.server.chroma.search_keys import generation_key, parse_generation, search_cache_key
 from mcprouter.server.errors import FieldViolation, InvalidArgument, NotFound
+from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.request_validation import MAX_DIMENSION, MAX_ITEMS_PER_CALL, MAX_K
-from mcprouter.server.retries import BackgroundRetries
 from mcprouter.server.router import Handler, RouteResult
 from mcprouter.server.validation import Violations
+from mcprouter.server.writes import Writes
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import search_pb2 as search
 from mcprouter.v1.serve_status_pb2 import ServeStatus
 
 log = logging.getLogger(__name__)
-
-# Retries of a failed generation bump: quick at first, then every 30 s until
-# it lands (one INCR covers every write before it, so one retry per collection).
-RETRY_DELAYS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-RETRY_MAX_DELAY_S = 30.0
 
 
 class EmbeddingStore(Protocol):
@@ -105,11 +105,11 @@ class ChromaProcessor:
         self._keyspace = keyspace
         self._policy = policy
         self._uncached = dataclasses.replace(policy, enabled=False)
-        # Collections whose generation bump failed and is being retried; they
-        # are searched uncached meanwhile.
-        self._bumps = BackgroundRetries(
-            delays=RETRY_DELAYS_S, then_every=RETRY_MAX_DELAY_S, retry_on=REDIS_ERRORS
-        )
+        # Generation bumps not yet taken by Redis, by collection; those
+        # collections are searched uncached meanwhile.
+        self._bumps = FollowUps()
+        self._bumped: dict[str, int] = {}  # the generation each collection's last INCR made
+        self._writes = Writes()
 
     def handlers(self) -> dict[str, Handler]:
         """The RouteData operations this processor serves."""
@@ -156,12 +156,31 @@ class ChromaProcessor:
         """Write vectors, then make the collection's cached searches unreachable."""
         _check_upsert(op)
         collection = op.collection
-        with _prefixed("upsert_embeddings"):
-            expected = await self._store.dimension(collection)
-            if expected is not None:
-                _check_dimension(op, expected)
-            upserted = await self._store.upsert(collection, op.items)
-        generation = await self._bump(collection)
+
+        async def commit() -> int:
+            with _prefixed("upsert_embeddings"):
+                expected = await self._store.dimension(collection)
+                if expected is not None:
+                    _check_dimension(op, expected)
+                return await self._store.upsert(collection, op.items)
+
+        async def bump() -> int:
+            if await self._bumps.run(collection, lambda: self._incr(collection)):
+                return self._bumped.get(collection, 0)
+            log.warning(
+                "bumping the search generation of %r failed after the write; "
+                "searching it uncached and retrying",
+                collection,
+            )
+            return 0
+
+        generation = 0
+
+        async def follow_up() -> None:
+            nonlocal generation
+            generation = await bump()
+
+        upserted = await self._writes.run(commit, follow_up)
         return RouteResult(
             status=ServeStatus.SERVE_STATUS_STORED,
             result_field="upsert_embeddings_result",
@@ -181,31 +200,16 @@ class ChromaProcessor:
         )
         return None if isinstance(raw, Down) else parse_generation(raw)
 
-    async def _incr(self, collection: str) -> int:
+    async def _incr(self, collection: str) -> None:
         # strict: a write must try even with the breaker open, and fail loudly.
         key = generation_key(self._keyspace, collection)
-        return int(await self._cache.guard.strict(lambda: self._redis.incr(key)))
-
-    async def _bump(self, collection: str) -> int:
-        """INCR the generation (even with the breaker open: a write must try); 0 if it failed."""
-        try:
-            return await self._incr(collection)
-        except REDIS_ERRORS as exc:
-            log.warning(
-                "bumping the search generation of %r failed after the write; "
-                "searching it uncached and retrying: %s",
-                collection,
-                exc,
-            )
-        self._bumps.start(
-            collection,
-            lambda: self._incr(collection),
-            gave_up="never (retried until Redis answers)",
+        self._bumped[collection] = int(
+            await self._cache.guard.strict(lambda: self._redis.incr(key))
         )
-        return 0
 
     async def aclose(self) -> None:
-        """Cancel pending generation bumps (on shutdown)."""
+        """Wait for running upserts; give pending generation bumps a last try."""
+        await self._writes.aclose()
         await self._bumps.aclose()
 
 

@@ -39,9 +39,9 @@ from chromadb.errors import (
     NotFoundError,
 )
 
+from mcprouter.server.budget import remaining
 from mcprouter.server.chroma.backends import Backend, open_backend
 from mcprouter.server.chroma.filters import Where, metadata_from_chroma, metadata_to_chroma
-from mcprouter.server.deadlines import remaining
 from mcprouter.server.errors import InvalidArgument, NotFound, RouterError, Unavailable
 from mcprouter.v1 import search_pb2 as search
 

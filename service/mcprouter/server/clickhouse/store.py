@@ -41,8 +41,8 @@ from urllib.parse import urlsplit
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from mcprouter.server.budget import remaining
 from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
-from mcprouter.server.deadlines import remaining
 from mcprouter.v1.events_pb2 import Event, EventMetrics
 
 T = TypeVar("T")

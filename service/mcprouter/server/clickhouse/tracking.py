@@ -24,9 +24,9 @@ from mcprouter.server.cache.guard import REDIS_ERRORS
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.realtime import RealtimeCounters, hour_start
 from mcprouter.server.errors import CacheUnavailable, RouterError, Unavailable
+from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.redis.processor import RedisProcessor
-from mcprouter.server.retries import BackgroundRetries
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1.events_pb2 import Event
 
@@ -76,7 +76,7 @@ class EventTracker:
         self._counters = RealtimeCounters(redis, keyspace)
         self._claim_script = redis.register_script(CLAIM_SCRIPT)
         self._tasks: set[asyncio.Task[list[bool]]] = set()
-        self._releases = BackgroundRetries(retry_on=(CacheUnavailable,))
+        self._releases = FollowUps()
 
     @property
     def counters(self) -> RealtimeCounters:
@@ -138,10 +138,9 @@ class EventTracker:
         except CacheUnavailable as exc:
             log.warning("releasing %d dedup markers failed, retrying: %s", len(event_ids), exc)
             ids = list(event_ids)
-            self._releases.start(
+            self._releases.request(
                 f"release of {len(ids)} dedup markers ({ids[0]}...)",
                 lambda: self._dedup.release_marks(DEDUP_FAMILY, ids),
-                gave_up="retries of those events are answered DUPLICATE until the markers expire",
             )
 
     async def _after_insert(self, events: Sequence[Event]) -> None:

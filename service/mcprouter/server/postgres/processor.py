@@ -9,32 +9,33 @@ invalidate, after the commit, every cache entry derived from what changed
   sticky, so their cached values stay true);
 - a profile upsert removes ``user:{id}:profile``.
 
-If Redis fails during that invalidation, the write is still committed and is
-answered STORED (it *was* stored); the invalidation is retried in the
-background with backoff, and until it succeeds reads may see the old value for
-at most its freshness time. Failing the RPC instead would invite a retry that
-then fails on the version check.
+A write and its invalidation run in a task the caller's cancellation cannot
+reach (``writes.Writes``): an RPC cancelled or out of time after the commit
+still invalidates. If Redis fails during that invalidation, the write is
+still answered STORED (it *was* stored; failing the RPC would invite a retry
+that then fails on the version check); the invalidation is retried until
+Redis takes it, and meanwhile this instance reads those keys from PostgreSQL.
+
+Assignments cache no "not found": a missing experiment is checked through
+the cached ``experiment:{id}`` entry instead (negatively cached, and removed
+by the upsert that creates it), so an assignment asked for before its
+experiment existed is made as soon as it does.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mcprouter.server import keys
 from mcprouter.server.cache import CacheAside, CachePolicy, Served
-from mcprouter.server.errors import CacheUnavailable
+from mcprouter.server.errors import NotFound
 from mcprouter.server.postgres.store import PostgresStore
-from mcprouter.server.redis.processor import RedisProcessor
-from mcprouter.server.retries import BackgroundRetries
 from mcprouter.server.router import Handler, RouteResult
+from mcprouter.server.writes import Writes
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Assignment, Experiment, UserProfile
 from mcprouter.v1.serve_status_pb2 import ServeStatus
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +50,11 @@ class PostgresPolicies:
 class PostgresProcessor:
     """Serves the PostgreSQL-owned operations of RouteData."""
 
-    def __init__(
-        self,
-        store: PostgresStore,
-        cache: CacheAside,
-        invalidator: RedisProcessor,
-        policies: PostgresPolicies,
-    ) -> None:
+    def __init__(self, store: PostgresStore, cache: CacheAside, policies: PostgresPolicies) -> None:
         self._store = store
         self._cache = cache
-        self._invalidator = invalidator
         self._policies = policies
-        self._retries = BackgroundRetries(retry_on=(CacheUnavailable,))
+        self._writes = Writes()
 
     def handlers(self) -> dict[str, Handler]:
         """The RouteData operations this processor serves."""
@@ -84,11 +78,27 @@ class PostgresProcessor:
 
     async def get_assignment(self, op: rs.GetAssignmentOperation) -> RouteResult:
         """Read (or make, on first request) a user's sticky assignment."""
+        exp_id = op.experiment_id
+
+        async def load() -> Assignment:
+            made = await self._store.get_or_create_assignment(exp_id, op.user_id)
+            if made is None:
+                raise _experiment_missing(exp_id)
+            return made
+
+        async def load_if_the_experiment_exists() -> Assignment:
+            try:
+                await self.get_experiment(rs.GetExperimentOperation(experiment_id=exp_id))
+            except NotFound as exc:
+                raise _experiment_missing(exp_id) from exc
+            return await load()
+
+        policy = self._policies.assignment
         served = await self._cache.get_or_load(
-            keys.assignment_key(op.experiment_id, op.user_id),
+            keys.assignment_key(exp_id, op.user_id),
             Assignment,
-            lambda: self._store.get_or_create_assignment(op.experiment_id, op.user_id),
-            self._policies.assignment,
+            load_if_the_experiment_exists if policy.enabled else load,
+            policy,
         )
         return _result("assignment", served)
 
@@ -104,43 +114,36 @@ class PostgresProcessor:
 
     async def upsert_experiment(self, op: rs.UpsertExperimentOperation) -> RouteResult:
         """Write an experiment, then invalidate what was derived from it."""
-        stored = await self._store.upsert_experiment(op.experiment)
-        exp_id = stored.experiment_id
+        exp_id = op.experiment.experiment_id
         key = keys.experiment_key(exp_id)
-
-        async def invalidate() -> None:
-            await self._cache.invalidate([key])
-            await self._invalidator.invalidate_pattern(f"metrics:{exp_id}:*")
-            await self._invalidator.invalidate_pattern(f"analytics:{exp_id}:*")
-
-        await self._invalidate_or_retry(key, invalidate)
+        stored = await self._writes.run(
+            lambda: self._store.upsert_experiment(op.experiment),
+            lambda: self._cache.after_write(
+                [key], [f"metrics:{exp_id}:*", f"analytics:{exp_id}:*"]
+            ),
+        )
         return _stored("experiment", stored, key)
 
     async def upsert_user_profile(self, op: rs.UpsertUserProfileOperation) -> RouteResult:
         """Write a user profile, then invalidate its cache entry."""
-        stored = await self._store.upsert_user_profile(op.profile)
-        key = keys.user_profile_key(stored.user_id)
-
-        async def invalidate() -> None:
-            await self._cache.invalidate([key])
-
-        await self._invalidate_or_retry(key, invalidate)
+        key = keys.user_profile_key(op.profile.user_id)
+        stored = await self._writes.run(
+            lambda: self._store.upsert_user_profile(op.profile),
+            lambda: self._cache.after_write([key]),
+        )
         return _stored("user_profile", stored, key)
 
-    async def _invalidate_or_retry(
-        self, key: str, invalidate: Callable[[], Awaitable[None]]
-    ) -> None:
-        try:
-            await invalidate()
-        except CacheUnavailable as exc:
-            log.warning("invalidation of %s failed after commit, retrying: %s", key, exc)
-            self._retries.start(
-                f"invalidation of {key}", invalidate, gave_up="it expires with its TTL"
-            )
-
     async def aclose(self) -> None:
-        """Cancel pending invalidation retries (on shutdown)."""
-        await self._retries.aclose()
+        """Wait for writes still running (and their invalidations)."""
+        await self._writes.aclose()
+
+
+def _experiment_missing(experiment_id: str) -> NotFound:
+    return NotFound(
+        f"experiment {experiment_id!r} does not exist, so it assigns no one",
+        reason="EXPERIMENT_NOT_FOUND",
+        metadata={"experiment_id": experiment_id},
+    )
 
 
 def _result(

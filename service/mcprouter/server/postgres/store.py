@@ -17,8 +17,9 @@ immutable: an update may send it empty or unchanged; a different salt is
 INVALID_ARGUMENT (reason ``SALT_IMMUTABLE``) rather than silently ignored,
 since a caller that tries to re-salt expects users to move, and they would not.
 
-Connection failures (asyncpg errors, ``OSError``, a closed pool) propagate
-unchanged: the cache core decides whether to serve stale data or fail.
+Driver failures leave every method translated (``failures.translated``):
+``Unavailable`` when PostgreSQL is down or timed out, ``Aborted`` on a
+serialization conflict; the cache core decides whether to serve stale data.
 
 The pool must decode ``jsonb`` to Python objects (``postgres_pool.create_pool``).
 """
@@ -33,9 +34,10 @@ import asyncpg
 from asyncpg import Record
 
 from mcprouter.server import errors
-from mcprouter.server.deadlines import remaining
+from mcprouter.server.budget import remaining
 from mcprouter.server.entity_checks import check_experiment, check_user_profile
 from mcprouter.server.postgres.assignment import assign
+from mcprouter.server.postgres.failures import translated
 from mcprouter.server.validation import Violations
 from mcprouter.v1.experiment_pb2 import (
     Assignment,
@@ -181,6 +183,7 @@ class PostgresStore:
         """The experiment, or ``None`` when it does not exist."""
         return (await self.get_experiments([experiment_id])).get(experiment_id)
 
+    @translated
     async def get_experiments(self, ids: Sequence[str]) -> dict[str, Experiment]:
         """The experiments that exist among ``ids``, by id, in one query."""
         if not ids:
@@ -191,6 +194,7 @@ class PostgresStore:
         )
         return {row["experiment_id"]: _experiment_from_row(row) for row in rows}
 
+    @translated
     async def upsert_experiment(self, exp: Experiment) -> Experiment:
         """Create (``version == 0``) or update (``version`` = the one read) an experiment.
 
@@ -250,6 +254,7 @@ class PostgresStore:
         """The profile, or ``None`` when it does not exist."""
         return (await self.get_user_profiles([user_id])).get(user_id)
 
+    @translated
     async def get_user_profiles(self, ids: Sequence[str]) -> dict[str, UserProfile]:
         """The profiles that exist among ``ids``, by id, in one query."""
         if not ids:
@@ -260,6 +265,7 @@ class PostgresStore:
         )
         return {row["user_id"]: _profile_from_row(row) for row in rows}
 
+    @translated
     async def upsert_user_profile(self, profile: UserProfile) -> UserProfile:
         """Create or update a profile; same version rules as ``upsert_experiment``.
 
@@ -288,6 +294,7 @@ class PostgresStore:
             raise _not_found("user profile", key)
         raise _version_conflict("user profile", key, profile.version, current or 0)
 
+    @translated
     async def get_or_create_assignment(self, experiment_id: str, user_id: str) -> Assignment | None:
         """The user's sticky assignment, made on first call while the experiment runs.
 

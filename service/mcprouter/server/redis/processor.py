@@ -1,10 +1,9 @@
 """The Redis processor: cache-only operations with no store behind them.
 
 ``GetCached`` (one pipeline: MGET plus PTTL per key), ``Invalidate`` (exact
-keys, one-family patterns, entities) and the ``SET NX EX`` dedup primitive
-that event ingestion builds on. Pattern invalidation walks the keyspace with
-SCAN and removes in UNLINK batches; KEYS is never used, because it blocks
-Redis for the whole keyspace walk.
+keys, one-family patterns, entities; removal itself is the cache core's, see
+``cache/invalidation.py``) and the ``SET NX EX`` dedup primitive that event
+ingestion builds on.
 
 Unlike cached reads, these operations have no store to fall back to, so a
 Redis failure is reported (``CacheUnavailable``), never swallowed: an
@@ -27,9 +26,6 @@ from mcprouter.server.stats import CacheStats
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
-
-SCAN_COUNT = 1000
-UNLINK_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +54,8 @@ class RedisProcessor:
         self._redis = redis
         self._keyspace = keyspace
         self._stats = stats
-        # Exact keys go through the core, and pattern removals are announced
-        # through it, so every instance's in-process L1 drops them too.
+        # Every removal (keys, patterns, entities) goes through the core, which
+        # breaks the matched leases and tells every instance's L1.
         self._cache = cache
 
     @asynccontextmanager
@@ -95,17 +91,17 @@ class RedisProcessor:
 
     async def invalidate_pattern(self, pattern: str) -> int:
         """Remove the keys matching a validated one-family pattern."""
-        return await self._invalidate_entity([], [pattern])
+        return await self._cache.invalidate(patterns=[pattern])
 
     async def invalidate_experiment(self, experiment_id: str) -> int:
         """Remove an experiment and everything derived from it."""
-        return await self._invalidate_entity(
+        return await self._cache.invalidate(
             [keys.experiment_key(experiment_id)], keys.experiment_patterns(experiment_id)
         )
 
     async def invalidate_user(self, user_id: str) -> int:
         """Remove a user's profile and assignments."""
-        return await self._invalidate_entity(
+        return await self._cache.invalidate(
             [keys.user_profile_key(user_id)], keys.user_patterns(user_id)
         )
 
@@ -121,32 +117,7 @@ class RedisProcessor:
 
         async with self._reporting("Invalidate"):
             await self._redis.incr(generation_key(self._keyspace, collection))
-        return await self._invalidate_entity([], [keys.collection_pattern(collection)])
-
-    async def _invalidate_entity(self, exact: list[str], patterns: list[str]) -> int:
-        removed = await self._cache.invalidate(exact) if exact else 0
-        async with self._reporting("Invalidate"):
-            scanned = 0
-            for pattern in patterns:
-                scanned += await self._unlink_matching(self._keyspace.redis_key(pattern))
-        self._stats.invalidated(scanned)
-        await self._cache.announce(patterns)
-        return removed + scanned
-
-    async def _unlink_matching(self, redis_pattern: str) -> int:
-        removed = 0
-        batch: list[str] = []
-        async for key in self._redis.scan_iter(match=redis_pattern, count=SCAN_COUNT):
-            batch.append(key)
-            if len(batch) >= UNLINK_BATCH:
-                removed += await self._unlink(batch)
-                batch = []
-        return removed + await self._unlink(batch)
-
-    async def _unlink(self, redis_keys: Sequence[str | bytes]) -> int:
-        if not redis_keys:
-            return 0
-        return int(await self._redis.unlink(*redis_keys))
+        return await self._cache.invalidate(patterns=[keys.collection_pattern(collection)])
 
     async def mark_once(self, family: str, ident: str, ttl_s: int) -> bool:
         """Set a marker unless it exists (``SET NX EX``); True if this call set it.
@@ -163,7 +134,8 @@ class RedisProcessor:
     async def release_marks(self, family: str, idents: Sequence[str]) -> int:
         """Remove markers set by ``mark_once`` (e.g. after a failed write)."""
         async with self._reporting("dedup release"):
-            return await self._unlink([self._keyspace.internal(family, i) for i in idents])
+            markers = [self._keyspace.internal(family, i) for i in idents]
+            return int(await self._redis.unlink(*markers)) if markers else 0
 
     async def figures(self) -> RedisFigures:
         """Memory in use and key count of the Redis database."""
