@@ -29,6 +29,10 @@ class DelayingProxy:
         self.port = 0
         self.connections = 0
 
+    def freeze(self) -> None:
+        """From now on hold every chunk (an hour): a connection that died silently."""
+        self._delay, self._jitter = 3600.0, 0.0
+
     def __enter__(self) -> DelayingProxy:
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)

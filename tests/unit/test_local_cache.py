@@ -102,3 +102,27 @@ def test_malformed_messages_are_rejected_not_raised(raw: bytes) -> None:
 def test_messages_with_wrong_shapes_are_rejected() -> None:
     for raw in (b"[]", b'{"keys": "a", "patterns": []}', b'{"keys": [1], "patterns": []}', b"{"):
         assert decode_message(raw) is None
+
+
+def test_memory_is_bounded_by_bytes_not_only_by_entries() -> None:
+    clock = FakeClock()
+    cache = LocalCache(max_entries=10_000, max_age=5.0, clock=clock, max_bytes=64 * 1024)
+    cache.set_coherent(True)
+    big = Experiment(experiment_id="x", description="d" * 4000)  # ~4 KB each
+    for i in range(100):
+        cache.put(
+            f"experiment:{i}",
+            big,
+            stored_at=clock(),
+            fresh_until=clock() + 60,
+            generation=cache.generation,
+        )
+    assert cache.bytes <= 64 * 1024
+    assert 10 <= len(cache) < 20  # the oldest went first
+    assert cache.get("experiment:99") is not None
+    assert cache.get("experiment:0") is None
+    huge = Experiment(experiment_id="h", description="d" * 9000)  # over an eighth of the budget
+    cache.put("experiment:h", huge, stored_at=clock(), fresh_until=clock() + 60, generation=0)
+    assert cache.get("experiment:h") is None
+    cache.drop(keys=[f"experiment:{i}" for i in range(100)])
+    assert cache.bytes == 0 and len(cache) == 0

@@ -171,10 +171,17 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         local = LocalCache(
             max_entries=settings.cache_local_max_entries,
             max_age=settings.cache_local_max_age_s,
+            max_bytes=settings.cache_local_max_bytes,
             clock=time.time,
         )
         cache = CacheAside(
-            redis, keyspace, stats, breaker, redis_timeout=redis_timeout_s, local=local
+            redis,
+            keyspace,
+            stats,
+            breaker,
+            redis_timeout=redis_timeout_s,
+            local=local,
+            feed_ping_interval_s=settings.cache_feed_ping_interval_s,
         )
         cache.start()
         stack.push_async_callback(cache.aclose)

@@ -125,6 +125,19 @@ class Settings(BaseSettings):
         description="Longest an L1 entry is served; every invalidation also reaches the "
         "L1 of every instance through Redis pub/sub.",
     )
+    cache_local_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Memory budget of the L1 (serialized value sizes plus a fixed overhead "
+        "per entry); an entry over an eighth of it is never admitted.",
+    )
+    cache_feed_ping_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="A quiet invalidation feed is PINGed this often; no answer within one "
+        "more interval turns the L1 off until the feed reconnects.",
+    )
     ingest_max_batch: int = Field(
         5_000,
         ge=1,

@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 
 from mcprouter.server.cache.breaker import CircuitBreaker
 from mcprouter.server.cache.envelope import Entry, decode
-from mcprouter.server.cache.feed import InvalidationFeed
+from mcprouter.server.cache.feed import PING_INTERVAL_S, InvalidationFeed
 from mcprouter.server.cache.guard import REDIS_ERRORS, Down, GuardedRedis
 from mcprouter.server.cache.invalidation import Remover
 from mcprouter.server.cache.loading import KeyLoader, Loaded
@@ -68,6 +68,7 @@ class CacheAside:
         redis_timeout: float = 0.25,
         local: LocalCache | None = None,
         followups: FollowUps | None = None,
+        feed_ping_interval_s: float = PING_INTERVAL_S,
     ) -> None:
         """Borrow a Redis client (bytes replies: ``decode_responses=False``).
 
@@ -83,6 +84,8 @@ class CacheAside:
                 ``start()`` has connected the invalidation feed.
             followups: Runs the invalidations that follow committed writes
                 (retried until Redis takes them); ``aclose()`` closes it.
+            feed_ping_interval_s: Liveness check of the invalidation feed
+                (see ``feed.py``).
         """
         self._guard = GuardedRedis(redis, breaker, stats, redis_timeout)
         self._redis = redis
@@ -102,6 +105,7 @@ class CacheAside:
             keyspace.internal("invalidations"),
             apply=self._apply_remote,
             on_connected=self._local.set_coherent,
+            ping_interval_s=feed_ping_interval_s,
         )
         self._loader = KeyLoader(
             self._guard,
@@ -148,7 +152,7 @@ class CacheAside:
             RouterError: Any other ``RouterError`` the loader raised, unchanged.
         """
         dt = policy.data_type
-        if not policy.enabled or (self._followups and self._awaiting_invalidation(key)):
+        if not policy.enabled or self.awaiting_invalidation(key):
             # Uncached, or a write of ours is not yet invalidated in Redis:
             # read the store, store nothing (read-your-writes).
             loaded = await self._loader.fetch(key, message_type, loader, policy, None)
@@ -269,8 +273,14 @@ class CacheAside:
         self._stats.invalidated(removed)
         return removed
 
-    def _awaiting_invalidation(self, key: str) -> bool:
-        """Whether a follow-up invalidation covering ``key`` has not succeeded yet."""
+    def awaiting_invalidation(self, key: str) -> bool:
+        """Whether a write of this instance changed ``key`` and Redis has not yet removed it.
+
+        Such a key's value in Redis may predate the write: reads of it on this
+        instance bypass the cache, and ``GetCached`` reports it as a miss.
+        """
+        if not self._followups:
+            return False
         if f"invalidate {key}" in self._followups:
             return True
         return any(

@@ -1,10 +1,19 @@
 """The invalidation feed: one Redis pub/sub channel shared by every instance.
 
 Whoever invalidates publishes ``{"keys": [...], "patterns": [...], "origin": id}`` on the
-channel (in the same pipeline as the UNLINK, so Redis has already removed the
-keys when the message goes out); every instance, itself included, applies it
-to its L1. Pub/sub is at-most-once, so the L1 serves only while this
-subscription is up, and starts empty after every reconnect.
+channel after Redis removed the keys (``invalidation.py``); every instance,
+itself included, applies it to its L1. Pub/sub is at-most-once, so the L1
+serves only while this subscription is known to be up, and starts empty
+after every reconnect.
+
+"Known to be up" is checked, not assumed: a connection can die silently (a
+firewall or NAT drops it, the peer host vanishes) and then no error ever
+arrives. When the channel has been quiet for ``ping_interval_s``, the feed
+sends PING on the subscription; if neither the PONG nor any message arrives
+within another interval, the subscription is declared dead: the L1 turns off
+(empty) and the feed reconnects. So with a dead feed an L1 entry is served
+for at most about twice the interval (or the L1's max age, if shorter). Any
+failure, not only Redis errors, ends in the same place: L1 off, reconnect.
 """
 
 from __future__ import annotations
@@ -22,6 +31,11 @@ from mcprouter.server.cache.guard import REDIS_ERRORS
 logger = logging.getLogger("mcprouter.server.cache")
 
 RECONNECT_DELAY_S = 1.0
+PING_INTERVAL_S = 1.0
+
+
+class FeedSilent(Exception):
+    """The subscription answered neither a message nor a PING within the interval."""
 
 
 def encode_message(keys: Sequence[str], patterns: Sequence[str], *, origin: str) -> bytes:
@@ -53,12 +67,17 @@ class InvalidationFeed:
         *,
         apply: Callable[[list[str], list[str], str], None],
         on_connected: Callable[[bool], None],
+        ping_interval_s: float = PING_INTERVAL_S,
+        reconnect_delay_s: float = RECONNECT_DELAY_S,
     ) -> None:
         self.channel = channel
         self._redis = redis
         self._apply = apply
         self._on_connected = on_connected
+        self._ping_interval = ping_interval_s
+        self._reconnect_delay = reconnect_delay_s
         self._task: asyncio.Task[None] | None = None
+        self.connected = False
 
     def start(self) -> None:
         """Start listening in the background (reconnecting as needed)."""
@@ -72,32 +91,56 @@ class InvalidationFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self._on_connected(False)
+        self._set_connected(False)
+
+    def _set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        self._on_connected(connected)
 
     async def _run(self) -> None:
         while True:
             try:
                 await self._listen()
-            except REDIS_ERRORS as exc:
+            except asyncio.CancelledError:
+                raise
+            except (*REDIS_ERRORS, FeedSilent) as exc:
                 logger.warning("invalidation feed lost (%s); local cache off", exc)
-            self._on_connected(False)
-            await asyncio.sleep(RECONNECT_DELAY_S)
+            except Exception:
+                logger.exception("invalidation feed failed; local cache off")
+            self._set_connected(False)
+            await asyncio.sleep(self._reconnect_delay)
 
     async def _listen(self) -> None:
         pubsub = self._redis.pubsub()
+        loop = asyncio.get_running_loop()
         try:
             await pubsub.subscribe(self.channel)
-            async for message in pubsub.listen():
-                kind = message.get("type")
-                if kind == "subscribe":
-                    # Confirmed by Redis: from here on no message is missed.
-                    self._on_connected(True)
-                elif kind == "message":
-                    decoded = decode_message(message["data"])
-                    if decoded is None:
-                        logger.warning("ignoring a malformed invalidation message")
-                    else:
-                        self._apply(*decoded)
+            pinged_at: float | None = None
+            while True:
+                message = await pubsub.get_message(timeout=self._ping_interval)
+                if message is not None:
+                    pinged_at = None  # anything heard proves the subscription alive
+                    self._handle(message)
+                elif pinged_at is None:
+                    await pubsub.ping()
+                    pinged_at = loop.time()
+                elif loop.time() - pinged_at >= self._ping_interval:
+                    raise FeedSilent(
+                        f"no answer to PING within {self._ping_interval:g} s on {self.channel!r}"
+                    )
         finally:
             with contextlib.suppress(*REDIS_ERRORS):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _handle(self, message: dict[str, object]) -> None:
+        kind = message.get("type")
+        if kind == "subscribe":
+            # Confirmed by Redis: from here on no message is missed.
+            self._set_connected(True)
+        elif kind == "message":
+            data = message["data"]
+            decoded = decode_message(data) if isinstance(data, bytes) else None
+            if decoded is None:
+                logger.warning("ignoring a malformed invalidation message")
+            else:
+                self._apply(*decoded)

@@ -81,8 +81,11 @@ class RedisProcessor:
             values, *ttls = await pipe.execute()
         entries = []
         for key, value, ttl in zip(client_keys, values, ttls, strict=True):
+            # A key a write of ours changed, whose removal is still being
+            # retried, may hold the old value: a miss (read-your-writes).
+            held = None if self._cache.awaiting_invalidation(key) else value
             # PTTL is -1 for a key without expiry, -2 when it vanished meanwhile.
-            entries.append(RawEntry(key, value, ttl if value is not None and ttl >= 0 else None))
+            entries.append(RawEntry(key, held, ttl if held is not None and ttl >= 0 else None))
         return entries
 
     async def invalidate_keys(self, client_keys: Sequence[str]) -> int:
