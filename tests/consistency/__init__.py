@@ -1,0 +1,1 @@
+"""A Jepsen-style consistency checker over real mcp-router instances (issue 10)."""
