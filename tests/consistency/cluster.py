@@ -227,6 +227,10 @@ class ClusterSettings:
             "REDIS_BREAKER_RESET_S": "1",
             "POSTGRES_COMMAND_TIMEOUT_S": "5",
             "CHROMA_TIMEOUT_S": "5",
+            # Short pending records, so events of an instance killed mid-insert
+            # can be resent (and answered) before the run ends.
+            "CLICKHOUSE_INSERT_TIMEOUT_S": "4",
+            "DEDUP_PENDING_TTL_S": "10",
             "LOG_LEVEL": "INFO",
         }
 
