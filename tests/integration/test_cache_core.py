@@ -172,14 +172,14 @@ async def test_miss_then_hit(
 
     # The stored bytes are an envelope any client can read, under the namespace,
     # with a TTL of fresh (jittered) plus stale.
-    raw = await redis_client.get(namespace + KEY)
+    raw = await redis_client.get(KeySpace(namespace).redis_key(KEY))
     entry = decode(raw, EXPERIMENT)
     assert entry is not None
     assert 60.0 <= entry.fresh_until - clock.now <= 66.0
-    ttl_ms = await redis_client.pttl(namespace + KEY)
+    ttl_ms = await redis_client.pttl(KeySpace(namespace).redis_key(KEY))
     assert (60 + 3600) * 1000 - 5000 <= ttl_ms <= (66 + 3600) * 1000
     # The lease was released after storing.
-    assert await redis_client.exists(namespace + "_lease:" + KEY) == 0
+    assert await redis_client.exists(KeySpace(namespace).lease(KEY)) == 0
 
 
 async def test_entry_expires_from_fresh_on_the_clock(cache: CacheAside, clock: FakeClock) -> None:
@@ -220,7 +220,7 @@ async def test_not_found_is_cached_negatively(
         assert KEY in caught.value.message
     assert store.calls == 1
     assert counts(stats)[Outcome.NEGATIVE_HIT] == 1
-    assert 25_000 <= await redis_client.pttl(namespace + KEY) <= 30_000
+    assert 25_000 <= await redis_client.pttl(KeySpace(namespace).redis_key(KEY)) <= 30_000
 
 
 async def test_negative_entry_expires_on_the_clock(cache: CacheAside, clock: FakeClock) -> None:
@@ -304,12 +304,14 @@ async def test_store_failure_without_entry_is_unavailable(
 async def test_untrusted_entries_are_misses_and_overwritten(
     cache: CacheAside, redis_client: aioredis.Redis, namespace: str, raw: bytes
 ) -> None:
-    await redis_client.set(namespace + KEY, raw)
+    await redis_client.set(KeySpace(namespace).redis_key(KEY), raw)
     store = Store()
     value = store.put(KEY)
     served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
     assert (served.status, served.value) == (FRESH, value)
-    assert decode(await redis_client.get(namespace + KEY), EXPERIMENT) is not None
+    assert (
+        decode(await redis_client.get(KeySpace(namespace).redis_key(KEY)), EXPERIMENT) is not None
+    )
     assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == CACHED
 
 
@@ -353,7 +355,7 @@ async def test_lease_of_a_vanished_instance_only_delays(
     cache: CacheAside, redis_client: aioredis.Redis, namespace: str, stats: CacheStats
 ) -> None:
     # Another instance took the lease and died before storing anything.
-    await redis_client.set(namespace + "_lease:" + KEY, b"someone-else", px=10_000)
+    await redis_client.set(KeySpace(namespace).lease(KEY), b"someone-else", px=10_000)
     store = Store()
     store.put(KEY)
     served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(lease_wait_ms=40))
@@ -361,7 +363,7 @@ async def test_lease_of_a_vanished_instance_only_delays(
     assert store.calls == 1
     assert counts(stats)[Outcome.LEASE_WAIT] == 1
     # Not our lease: it is left alone for its owner (or its PX) to remove.
-    assert await redis_client.get(namespace + "_lease:" + KEY) == b"someone-else"
+    assert await redis_client.get(KeySpace(namespace).lease(KEY)) == b"someone-else"
 
 
 # -- cancellation -------------------------------------------------------------------------
@@ -412,6 +414,7 @@ async def test_early_refresh_runs_in_background(
     try:
         first = await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)
         assert first.status == FRESH
+        await cache.settle()  # in Redis: the next reads are Redis hits
         clock.advance(50.0)  # 50 s before expiry: no refresh yet
         assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)).status == CACHED
         assert store.calls == 1
@@ -422,7 +425,7 @@ async def test_early_refresh_runs_in_background(
         assert counts(stats)[Outcome.EARLY_REFRESH] == 1
 
         async def refreshed() -> bool:
-            entry = decode(await redis_client.get(namespace + KEY), EXPERIMENT)
+            entry = decode(await redis_client.get(KeySpace(namespace).redis_key(KEY)), EXPERIMENT)
             return entry is not None and Experiment.FromString(entry.payload).version == 2
 
         for _ in range(1000):
@@ -452,6 +455,7 @@ async def test_aclose_cancels_pending_refreshes(
     store.put(KEY)
     exact = policy(jitter=0.0)
     await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)
+    await cache.settle()  # in Redis: the next reads are Redis hits
     store.gate = asyncio.Event()  # the refresh hangs in the store
     store.started.clear()
     clock.advance(50.0)  # 10 s before expiry, inside the 20.7 s head start of u = 1e-9
@@ -595,7 +599,9 @@ async def test_invalidate_during_a_load_keeps_its_result_out_of_the_cache(
     await cache.invalidate([KEY])  # ... and invalidates
     store.gate.set()
     assert (await reader).status == FRESH  # the concurrent reader gets an answer
-    assert await redis_client.exists(namespace + KEY) == 0  # but it was not cached
+    assert (
+        await redis_client.exists(KeySpace(namespace).redis_key(KEY)) == 0
+    )  # but it was not cached
     store.gate = None
     after = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
     assert (after.status, after.value.version) == (FRESH, 2)
@@ -662,7 +668,7 @@ async def test_a_write_on_another_instance_beats_a_load_in_flight(
         store.gate.set()  # A's load returns the value it read before the write
         served = await reading
         assert (served.status, served.value.version) == (FRESH, 1)
-        assert await redis_client.exists(namespace + KEY) == 0  # not stored
+        assert await redis_client.exists(KeySpace(namespace).redis_key(KEY)) == 0  # not stored
         store.rows[KEY] = old
         store.gate = None
         again = await instance_b.get_or_load(KEY, Experiment, store.loader(KEY), policy())

@@ -110,6 +110,13 @@ async def instances(
         await instance.aclose()
 
 
+DERIVED = CachePolicy(data_type=DataType.DATA_TYPE_EVENT_METRICS, fresh_ttl=600, xfetch_beta=0.0)
+
+
+async def _same(value: Experiment) -> Experiment:
+    return value
+
+
 def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -128,7 +135,7 @@ async def cached_version(redis: aioredis.Redis, namespace: str, exp_id: str) -> 
     """The version of the experiment cached in Redis, ``None`` when not cached."""
     from mcprouter.server.cache import decode
 
-    raw = await redis.get(f"{namespace}experiment:{exp_id}")
+    raw = await redis.get(KeySpace(namespace).redis_key(f"experiment:{exp_id}"))
     entry = decode(raw, DataType.DATA_TYPE_EXPERIMENT)
     if entry is None or entry.not_found:
         return None
@@ -147,8 +154,11 @@ async def test_path1_write_cancelled_after_commit_is_still_invalidated(
     a = await instances()
     exp = await a.write(experiment(uid("e")))
     await a.read(exp.experiment_id)
-    derived = f"{namespace}metrics:{exp.experiment_id}:control:clicks:2026010100"
-    await redis_client.set(derived, b"derived from version 1")
+    derived_key = f"metrics:{exp.experiment_id}:control:clicks:2026010100"
+    await a.cache.get_or_load(derived_key, Experiment, lambda: _same(exp), DERIVED)
+    await a.cache.settle()
+    derived = KeySpace(namespace).redis_key(derived_key)
+    assert await redis_client.exists(derived)
     assert await cached_version(redis_client, namespace, exp.experiment_id) == 1
     commit = a.store.upsert_experiment
     loop = asyncio.get_running_loop()

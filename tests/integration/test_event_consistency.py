@@ -84,7 +84,7 @@ class Rig:
         return exp_id
 
     def marker(self, event_id: str) -> str:
-        return f"{self.namespace}_dedup:{event_id}"
+        return KeySpace(self.namespace).internal("dedup", event_id)
 
     async def track(self, events: Sequence[Event]) -> TrackEventsResult:
         result = await self.processor.track_events(rs.TrackEventsOperation(events=events))
@@ -376,7 +376,8 @@ async def test_path6_late_event_invalidation_is_retried_until_redis_takes_it(
     await rig.track([event(exp, user=f"u{i}", at=hour + timedelta(minutes=i)) for i in range(3)])
     assert await rig.metrics(exp, hour) == (FRESH, 3)
     assert await rig.metrics(exp, hour) == (CACHED, 3)
-    cached = f"{rig.namespace}metrics:{exp}:control:click:{hour:%Y%m%d%H}"
+    await rig.cache.settle()
+    cached = KeySpace(rig.namespace).redis_key(f"metrics:{exp}:control:click:{hour:%Y%m%d%H}")
     assert await rig.redis.exists(cached)
 
     rig.gate.clear()

@@ -144,14 +144,28 @@ async def test_missing_ids_are_negatively_cached(rig: Rig) -> None:
     assert snapshot[Outcome.NEGATIVE_HIT] == 2
 
 
+async def _value(exp: Experiment) -> Experiment:
+    return exp
+
+
+def derived_policy() -> CachePolicy:
+    return CachePolicy(data_type=DataType.DATA_TYPE_ANALYTICS, fresh_ttl=600, xfetch_beta=0.0)
+
+
 async def test_update_invalidates_and_next_read_is_fresh(
     rig: Rig, redis_client: aioredis.Redis, namespace: str
 ) -> None:
     exp = await create(rig, experiment(uid("e")))
     exp_id = exp.experiment_id
     await get_experiment(rig, exp_id)
-    await redis_client.set(f"{namespace}analytics:{exp_id}:20260101", b"x")
-    await redis_client.set(f"{namespace}metrics:{exp_id}:v0:clicks:2026010100", b"x")
+    # Derived entries cached the way the ClickHouse processor caches them.
+    derived_keys = [f"analytics:{exp_id}:20260101", f"metrics:{exp_id}:v0:clicks:2026010100"]
+    for key in derived_keys:
+        await rig.cache.get_or_load(key, Experiment, lambda e=exp: _value(e), derived_policy())
+    await rig.cache.settle()
+    space = KeySpace(namespace)
+    derived = [space.redis_key(k) for k in derived_keys]
+    assert await redis_client.exists(*derived) == 2
     changed = Experiment()
     changed.CopyFrom(exp)
     changed.name = "renamed"
@@ -159,10 +173,6 @@ async def test_update_invalidates_and_next_read_is_fresh(
     assert updated.version == exp.version + 1
     status, value = await get_experiment(rig, exp_id)
     assert (status, value.name, value.version) == (FRESH, "renamed", updated.version)
-    derived = [
-        f"{namespace}analytics:{exp_id}:20260101",
-        f"{namespace}metrics:{exp_id}:v0:clicks:2026010100",
-    ]
     assert await redis_client.exists(*derived) == 0
 
 
@@ -270,6 +280,7 @@ async def test_reads_survive_redis_going_away_and_the_breaker_recovers(
     try:
         exp = await create(rig, experiment(uid("e")))
         assert (await get_experiment(rig, exp.experiment_id))[0] == FRESH
+        await rig.cache.settle()
         valkey.stop()
 
         def errors_so_far() -> int:
@@ -303,7 +314,8 @@ async def test_write_survives_redis_down_and_invalidation_is_retried(
         await get_experiment(rig, exp.experiment_id)
         await rig.cache.settle()
         key = f"experiment:{exp.experiment_id}"
-        assert await private_redis.exists(key)  # the old value is cached
+        rkey = KeySpace("").redis_key(key)
+        assert await private_redis.exists(rkey)  # the old value is cached
         changed = experiment(exp.experiment_id, version=exp.version, name="after outage")
         with frozen(valkey_pid(valkey.url)):  # Redis stops answering, keeping its data
             stored = await create(rig, changed)  # committed: STORED despite Redis
@@ -317,7 +329,7 @@ async def test_write_survives_redis_down_and_invalidation_is_retried(
                 break
             await asyncio.sleep(0.05)
         assert not rig.cache.awaiting_invalidation(key)
-        assert not await private_redis.exists(key)
+        assert not await private_redis.exists(rkey)
         assert (await get_experiment(rig, exp.experiment_id))[1].name == "after outage"
     finally:
         await rig.processor.aclose()

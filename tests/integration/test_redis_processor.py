@@ -35,14 +35,16 @@ async def dead_redis() -> AsyncIterator[aioredis.Redis]:
 
 
 async def put(client: aioredis.Redis, namespace: str, **entries: bytes) -> None:
-    await client.mset({namespace + k.replace("__", ":"): v for k, v in entries.items()})
+    await client.mset(
+        {KeySpace(namespace).redis_key(k.replace("__", ":")): v for k, v in entries.items()}
+    )
 
 
 async def test_get_cached_reads_many_keys_with_ttls(
     ops: RedisProcessor, redis_client: aioredis.Redis, namespace: str
 ) -> None:
-    await redis_client.set(namespace + "experiment:e1", b"x", px=60_000)
-    await redis_client.set(namespace + "experiment:e2", b"y")
+    await redis_client.set(KeySpace(namespace).redis_key("experiment:e1"), b"x", px=60_000)
+    await redis_client.set(KeySpace(namespace).redis_key("experiment:e2"), b"y")
     entries = await ops.get_cached(["experiment:e1", "experiment:missing", "experiment:e2"])
     assert [e.key for e in entries] == ["experiment:e1", "experiment:missing", "experiment:e2"]
     assert [e.value for e in entries] == [b"x", None, b"y"]
@@ -54,9 +56,9 @@ async def test_get_cached_reads_many_keys_with_ttls(
 async def test_invalidate_exact_keys_counts_only_existing(
     ops: RedisProcessor, redis_client: aioredis.Redis, namespace: str
 ) -> None:
-    await redis_client.set(namespace + "user:u1:profile", b"p")
+    await redis_client.set(KeySpace(namespace).redis_key("user:u1:profile"), b"p")
     assert await ops.invalidate_keys(["user:u1:profile", "user:u2:profile"]) == 1
-    assert await redis_client.exists(namespace + "user:u1:profile") == 0
+    assert await redis_client.exists(KeySpace(namespace).redis_key("user:u1:profile")) == 0
 
 
 async def test_pattern_invalidation_scans_in_batches_within_the_namespace(
@@ -65,17 +67,22 @@ async def test_pattern_invalidation_scans_in_batches_within_the_namespace(
     count = UNLINK_BATCH * 2 + 17
     pipe = redis_client.pipeline(transaction=False)
     for i in range(count):
-        pipe.set(f"{namespace}metrics:exp-a:v:m:{i:010d}", b"1")
-    pipe.set(namespace + "metrics:exp-b:v:m:1", b"keep")
+        pipe.set(KeySpace(namespace).redis_key(f"metrics:exp-a:v:m:{i:010d}"), b"1")
+    pipe.set(KeySpace(namespace).redis_key("metrics:exp-b:v:m:1"), b"keep")
     # The same key outside this namespace must survive.
-    pipe.set(f"other-{namespace}metrics:exp-a:v:m:1", b"keep", ex=60)
+    pipe.set("other-" + KeySpace(namespace).redis_key("metrics:exp-a:v:m:1"), b"keep", ex=60)
     await pipe.execute()
     try:
         assert await ops.invalidate_pattern("metrics:exp-a:*") == count
-        assert await redis_client.exists(namespace + "metrics:exp-b:v:m:1") == 1
-        assert await redis_client.exists(f"other-{namespace}metrics:exp-a:v:m:1") == 1
+        assert await redis_client.exists(KeySpace(namespace).redis_key("metrics:exp-b:v:m:1")) == 1
+        assert (
+            await redis_client.exists(
+                "other-" + KeySpace(namespace).redis_key("metrics:exp-a:v:m:1")
+            )
+            == 1
+        )
     finally:
-        await redis_client.unlink(f"other-{namespace}metrics:exp-a:v:m:1")
+        await redis_client.unlink("other-" + KeySpace(namespace).redis_key("metrics:exp-a:v:m:1"))
 
 
 async def test_entity_invalidation_removes_derived_keys_only(
@@ -89,18 +96,28 @@ async def test_entity_invalidation_removes_derived_keys_only(
         "analytics:e1:20260101",
     ]
     unrelated = ["experiment:e10", "assignment:e10:u1", "analytics:e2:20260101"]
-    await redis_client.mset({namespace + k: b"1" for k in derived + unrelated})
+    await redis_client.mset({KeySpace(namespace).redis_key(k): b"1" for k in derived + unrelated})
     assert await ops.invalidate_experiment("e1") == len(derived)
-    assert await redis_client.exists(*(namespace + k for k in unrelated)) == len(unrelated)
+    assert await redis_client.exists(*(KeySpace(namespace).redis_key(k) for k in unrelated)) == len(
+        unrelated
+    )
 
     await redis_client.mset(
-        {namespace + k: b"1" for k in ["user:u1:profile", "assignment:e7:u1", "assignment:e7:u11"]}
+        {
+            KeySpace(namespace).redis_key(k): b"1"
+            for k in ["user:u1:profile", "assignment:e7:u1", "assignment:e7:u11"]
+        }
     )
     # u1's profile and both of u1's assignments (e7 and, from above, e10).
     assert await ops.invalidate_user("u1") == 3
-    assert await redis_client.exists(namespace + "assignment:e7:u11") == 1
+    assert await redis_client.exists(KeySpace(namespace).redis_key("assignment:e7:u11")) == 1
 
-    await redis_client.mset({namespace + "search:docs:abc": b"1", namespace + "search:doc:x": b"1"})
+    await redis_client.mset(
+        {
+            KeySpace(namespace).redis_key("search:docs:abc"): b"1",
+            KeySpace(namespace).redis_key("search:doc:x"): b"1",
+        }
+    )
     assert await ops.invalidate_collection("docs") == 1
 
 
@@ -109,7 +126,12 @@ async def test_invalidations_are_counted(
 ) -> None:
     stats = CacheStats()
     counted = processor(redis_client, namespace, stats)
-    await redis_client.mset({namespace + "experiment:a": b"1", namespace + "experiment:b": b"1"})
+    await redis_client.mset(
+        {
+            KeySpace(namespace).redis_key("experiment:a"): b"1",
+            KeySpace(namespace).redis_key("experiment:b"): b"1",
+        }
+    )
     await counted.invalidate_pattern("experiment:*")
     assert stats.snapshot().invalidations == 2
 

@@ -41,11 +41,9 @@ MUTANTS: tuple[Mutant, ...] = (
                 "postgres/processor.py",
                 """        stored = await self._writes.run(
             lambda: self._store.upsert_experiment(op.experiment),
-            lambda: self._cache.after_write(
-                [key], [f"metrics:{exp_id}:*", f"analytics:{exp_id}:*"]
-            ),
+            lambda: self._cache.after_write([key], keys.derived_patterns(exp_id)),
         )""",
-                """        await self._cache.after_write([key], [f"metrics:{exp_id}:*", f"analytics:{exp_id}:*"])
+                """        await self._cache.after_write([key], keys.derived_patterns(exp_id))
         stored = await self._writes.run(
             lambda: self._store.upsert_experiment(op.experiment),
             lambda: self._cache.after_write([]),
@@ -63,10 +61,9 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             Edit(
                 "cache/core.py",
-                """        self._local.drop(keys, patterns)
-        for key in [*keys, *self._flights.matching(patterns)]:
+                """        for key in [*keys, *self._flights.matching(patterns)]:
             self._flights.forget(key)""",
-                """        self._local.drop(keys, patterns)""",
+                """        pass""",
             ),
         ),
         (

@@ -271,6 +271,6 @@ def test_canonical_bytes_layout() -> None:
 
 
 def test_generation_key_and_parsing() -> None:
-    assert generation_key(KeySpace("prod:"), "docs") == "prod:_gen:docs"
+    assert generation_key(KeySpace("prod:"), "docs") == "prod:_gen:{docs}"
     assert parse_generation(None) == 0
     assert parse_generation(b"12") == 12

@@ -90,12 +90,53 @@ def test_a_key_either_has_a_family_or_a_reason(key: str) -> None:
         assert not any(c in key for c in "*?[]\\ ")
 
 
-def test_keyspace_prefixes_and_strips() -> None:
+def test_keyspace_prefixes_tags_and_strips() -> None:
     space = keys.KeySpace("prod:")
-    assert space.redis_key("experiment:e1") == "prod:experiment:e1"
-    assert space.client_key("prod:experiment:e1") == "experiment:e1"
-    assert space.internal("dedup", "ev1") == "prod:_dedup:ev1"
+    assert space.redis_key("experiment:e1") == "prod:experiment:{e1}"
+    assert space.client_key("prod:experiment:{e1}") == "experiment:e1"
+    assert space.redis_key("metrics:e1:v:m:2026112910") == "prod:metrics:{e1}:v:m:2026112910"
+    assert space.internal("dedup", "ev1") == "prod:_dedup:{ev1}"
+    assert space.internal("invalidations") == "prod:_invalidations"
     assert keys.family_of("_dedup:ev1") is None
+
+
+def test_a_key_its_lease_and_its_index_share_one_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    space = keys.KeySpace("prod:")
+    key = "metrics:e1:v:m:2026112910"
+    slots = {
+        key_slot(k.encode())
+        for k in (space.redis_key(key), space.lease(key), space.index("metrics", "e1"))
+    }
+    assert len(slots) == 1
+    rt = space.internal("rt", "e1", "v", "m", "2026112910")
+    assert key_slot(rt.encode()) == key_slot((rt + ":users").encode())
+
+
+@given(
+    st.lists(
+        st.sampled_from(["e1", "e2", "e12", "x", "u1", "v", "m", "*", "?", "[e]"]),
+        min_size=1,
+        max_size=4,
+    ),
+    st.lists(st.sampled_from(["e1", "e2", "e12", "x", "u1", "v", "m"]), min_size=1, max_size=4),
+    st.sampled_from(sorted(keys.PUBLIC_FAMILIES)),
+)
+def test_the_redis_glob_of_a_pattern_finds_every_key_it_matches(
+    pattern_parts: list[str], key_parts: list[str], family: str
+) -> None:
+    import fnmatch
+
+    space = keys.KeySpace("ns:")
+    pattern = ":".join([family, *pattern_parts])
+    key = ":".join([family, *key_parts])
+    if fnmatch.fnmatchcase(key, pattern):
+        assert fnmatch.fnmatchcase(space.redis_key(key), space.redis_pattern(pattern))
+    if space.pattern_is_exact(pattern):
+        assert fnmatch.fnmatchcase(key, pattern) == fnmatch.fnmatchcase(
+            space.redis_key(key), space.redis_pattern(pattern)
+        )
 
 
 @pytest.mark.parametrize("namespace", ["prod", "a:b:", "*:", "x" * 70 + ":"])

@@ -15,6 +15,7 @@ does.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import time
@@ -104,7 +105,7 @@ class Inspector:
         self._namespace = namespace
 
     def _redis_key(self, key: str) -> str:
-        return self._namespace + key
+        return self._keyspace.redis_key(key)
 
     def _ttl_ms(self, rkey: str) -> int | None:
         """Remaining TTL in ms; ``None`` for a key without expiry (PTTL -1)."""
@@ -167,11 +168,18 @@ class Inspector:
         that starts with a family (``metrics:checkout-v2:*``), checked like
         ``Invalidate`` patterns so no scan can cross families.
         """
-        match = self._redis_key(scan_pattern(pattern))
+        glob = scan_pattern(pattern)
+        match = self._keyspace.redis_pattern(glob)
+        exact = self._keyspace.pattern_is_exact(glob)
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"--limit must be 1..{MAX_LIMIT}")
-        for found, rkey in enumerate(self._redis.scan_iter(match=match, count=count), 1):
-            yield self._keyspace.client_key(_text(rkey))
+        found = 0
+        for rkey in self._redis.scan_iter(match=match, count=count):
+            key = self._keyspace.client_key(_text(rkey))
+            if not exact and not fnmatch.fnmatchcase(key, glob):
+                continue  # the server-side glob is a superset (hash tags)
+            yield key
+            found += 1
             if found >= limit:
                 return
 
@@ -181,7 +189,7 @@ class Inspector:
         families: dict[str, int] = {}
         scanned = 0
         complete = True
-        for rkey in self._redis.scan_iter(match=self._redis_key("*"), count=count):
+        for rkey in self._redis.scan_iter(match=self._namespace + "*", count=count):
             if scanned >= limit:
                 complete = False
                 break

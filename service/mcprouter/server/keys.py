@@ -15,6 +15,17 @@ prefix at the Redis boundary, in one place.
 
 Internal keys (dedup markers, leases, counters) live in families clients can
 neither read nor invalidate.
+
+**In Redis** every key carries a hash tag, the same on a single server and
+on a Redis Cluster: the entity segment (the one after the family) is wrapped
+in braces, so ``experiment:exp_123`` is stored as ``experiment:{exp_123}``
+and ``metrics:e1:v:m:2026112910`` as ``metrics:{e1}:v:m:2026112910``. The
+keys one script or pipeline touches together share that tag and so one
+cluster slot: a value and its lease (``_lease:experiment:{exp_123}``), an
+experiment's derived keys and their index (``_idx:metrics:{e1}``), an hour's
+counter hash and its HyperLogLog (``_rt:{e1}:...``). Clients never see the
+braces: ``KeySpace`` adds them (and the namespace) at the Redis boundary and
+removes them on the way back.
 """
 
 from __future__ import annotations
@@ -88,6 +99,37 @@ def user_patterns(user_id: str) -> list[str]:
     return [f"assignment:*:{user_id}"]
 
 
+# Families derived from an experiment that its writes remove: each of their
+# keys is recorded in a per-experiment index set when its load takes the
+# lease, so an experiment write removes them in O(its own keys), without a
+# SCAN of the keyspace (see cache/invalidation.py).
+INDEXED_FAMILIES = frozenset({"metrics", "analytics"})
+
+
+def index_of(key: str) -> tuple[str, str] | None:
+    """``(family, experiment_id)`` of a key kept in an experiment's index, else ``None``."""
+    family, _, rest = key.partition(":")
+    if family not in INDEXED_FAMILIES:
+        return None
+    return family, rest.partition(":")[0]
+
+
+def indexed_pattern(pattern: str) -> tuple[str, str] | None:
+    """``(family, experiment_id)`` when ``pattern`` is exactly ``family:{id}:*`` of an index."""
+    family, _, rest = pattern.partition(":")
+    entity, sep, tail = rest.partition(":")
+    if family not in INDEXED_FAMILIES or sep != ":" or tail != "*":
+        return None
+    if not entity or any(c in entity for c in "*?[]"):
+        return None
+    return family, entity
+
+
+def derived_patterns(experiment_id: str) -> list[str]:
+    """What an experiment write invalidates besides its own key (both indexed)."""
+    return [f"metrics:{experiment_id}:*", f"analytics:{experiment_id}:*"]
+
+
 def collection_pattern(collection: str) -> str:
     """Pattern of every cached search of a collection."""
     return f"search:{collection}:*"
@@ -142,7 +184,7 @@ def pattern_problem(pattern: str) -> str | None:
 
 
 class KeySpace:
-    """Adds and strips the namespace prefix at the Redis boundary."""
+    """The Redis form of every key: namespace and hash tag, added and removed in one place."""
 
     def __init__(self, namespace: str = "") -> None:
         if NAMESPACE_RE.fullmatch(namespace) is None:
@@ -152,17 +194,88 @@ class KeySpace:
         self.namespace = namespace
 
     def redis_key(self, key: str) -> str:
-        """The Redis key of a client-visible key or pattern."""
-        return self.namespace + key
+        """The Redis key of a client-visible key (``family:{entity}:rest``)."""
+        return self.namespace + _tagged(key)
+
+    def client_key(self, redis_key: str) -> str:
+        """The client-visible form of a Redis key (public or internal): no namespace, no tag."""
+        bare = redis_key.removeprefix(self.namespace)
+        opening = bare.find("{")
+        closing = bare.find("}", opening + 1)
+        if opening < 0 or closing < 0:
+            return bare
+        return bare[:opening] + bare[opening + 1 : closing] + bare[closing + 1 :]
+
+    def redis_pattern(self, pattern: str) -> str:
+        """A Redis glob matching at least every key ``pattern`` matches (client form).
+
+        Exact when the entity segment is literal (``metrics:e1:*`` becomes
+        ``metrics:{e1}:*``); otherwise a superset up to the first glob character
+        of the entity (``assignment:*:u1`` becomes ``assignment:{*``), to be
+        filtered with ``matches`` on the client form.
+        """
+        return self.namespace + _tagged_pattern(pattern)
+
+    @staticmethod
+    def pattern_is_exact(pattern: str) -> bool:
+        """Whether ``redis_pattern(pattern)`` matches exactly the keys ``pattern`` does."""
+        if pattern.startswith(_NESTED):
+            pattern = pattern.partition(":")[2]
+        entity = pattern.partition(":")[2].partition(":")[0]
+        return not any(c in entity for c in _GLOB)
 
     def internal(self, family: str, *parts: str) -> str:
-        """A Redis key of an internal family (dedup, lease, ...)."""
-        return self.namespace + ":".join((f"_{family}", *parts))
+        """A Redis key of an internal family; the first part is its hash tag.
+
+        ``internal("dedup", "ev1")`` is ``_dedup:{ev1}``; ``internal("rt", exp,
+        variant, ...)`` is ``_rt:{exp}:variant:...``; with no parts, ``_family``.
+        """
+        if not parts:
+            return f"{self.namespace}_{family}"
+        head, *tail = parts
+        return self.namespace + ":".join((f"_{family}", f"{{{head}}}", *tail))
+
+    def lease(self, key: str) -> str:
+        """The Redis key of the load lease of a client-visible key (same slot as the key)."""
+        return self.redis_key(f"_lease:{key}")
+
+    def index(self, family: str, entity: str) -> str:
+        """The Redis key of the set indexing ``family`` keys of one entity (same slot)."""
+        return self.redis_key(f"_idx:{family}:{entity}")
 
     def generation(self, collection: str) -> str:
         """The Redis key of a collection's search generation (see ``chroma/search_keys``)."""
         return self.internal("gen", collection)
 
-    def client_key(self, redis_key: str) -> str:
-        """The client-visible form of a Redis key."""
-        return redis_key.removeprefix(self.namespace)
+
+_GLOB = "*?["
+# Internal families whose keys wrap a client key (a lease, an index): the
+# wrapped key's entity is their hash tag too.
+_NESTED = ("_lease:", "_idx:")
+
+
+def _tagged(key: str) -> str:
+    """``family:entity:rest`` as ``family:{entity}:rest`` (the entity is the hash tag)."""
+    if key.startswith(_NESTED):
+        head, _, rest = key.partition(":")
+        return f"{head}:{_tagged(rest)}"
+    family, sep, rest = key.partition(":")
+    if not sep:
+        return key
+    entity, sep2, tail = rest.partition(":")
+    return f"{family}:{{{entity}}}{sep2}{tail}"
+
+
+def _tagged_pattern(pattern: str) -> str:
+    """The Redis glob of a client pattern: exact, or a superset (see ``redis_pattern``)."""
+    if pattern.startswith(_NESTED):
+        head, _, rest = pattern.partition(":")
+        return f"{head}:{_tagged_pattern(rest)}"
+    family, sep, rest = pattern.partition(":")
+    if not sep:
+        return pattern
+    entity, sep2, tail = rest.partition(":")
+    if not any(c in entity for c in _GLOB):
+        return f"{family}:{{{entity}}}{sep2}{tail}"
+    literal = entity[: min(entity.find(c) for c in _GLOB if c in entity)]
+    return f"{family}:{{{literal}*"

@@ -26,6 +26,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -171,15 +172,22 @@ class CacheAside:
             # A load of this key is under way here: share it (no Redis call).
             self._stats.record(dt, Outcome.MISS)
             return await self._join(key, running, message_type, policy)
+        if (storing := self._loader.being_stored(key)) is not None:
+            # Loaded here a moment ago and on its way to Redis: served from
+            # memory without a store query, so a hit.
+            if storing.value is None:
+                self._stats.record(dt, Outcome.NEGATIVE_HIT)
+                raise not_found(key, dt)
+            self._stats.record(dt, Outcome.HIT)
+            return self._served(key, replace(storing, status=_CACHED), message_type, policy)
         generation = self._local.generation
         lease = self._loader.new_lease(key)
-        rkey = self._keyspace.redis_key(key)
-        script, lease_ms = self._get_or_lease, policy.lease_ttl_ms
+        script = self._get_or_lease
         reply = await self._guard.call(
             "GET",
             key,
             dt,
-            lambda: script(keys=[rkey, lease.key], args=[lease.token, lease_ms]),
+            lambda: script(keys=lease.script_keys(), args=lease.script_args(policy)),
         )
         raw, leased = (None, False) if isinstance(reply, Down) else (reply[0], bool(reply[1]))
         entry = decode(raw, dt) if raw is not None else None
@@ -297,19 +305,19 @@ class CacheAside:
         targets += [(f"pattern {p}", [], [p]) for p in dict.fromkeys(patterns)]
         self._forget(list(keys), list(patterns))
         results = [
-            self._followups.request(f"invalidate {name}", self._removal(ks, ps))
+            self._followups.request(f"invalidate {name}", self._removal(ks, ps, by_index=True))
             for name, ks, ps in targets
         ]
         return all(await asyncio.shield(asyncio.gather(*results)))
 
     def _removal(
-        self, keys: list[str], patterns: list[str]
+        self, keys: list[str], patterns: list[str], *, by_index: bool
     ) -> Callable[[], Coroutine[Any, Any, int]]:
-        return lambda: self._remove(keys, patterns)
+        return lambda: self._remove(keys, patterns, by_index=by_index)
 
-    async def _remove(self, keys: list[str], patterns: list[str]) -> int:
+    async def _remove(self, keys: list[str], patterns: list[str], *, by_index: bool = False) -> int:
         self._forget(keys, patterns)
-        removed = await self._remover.remove(keys, patterns)
+        removed = await self._remover.remove(keys, patterns, by_index=by_index)
         # Again: a read that ran between the first forget and the removal may
         # have admitted the old value to the L1 (read-your-writes).
         self._forget(keys, patterns)
@@ -335,6 +343,7 @@ class CacheAside:
     def _forget(self, keys: Sequence[str], patterns: Sequence[str]) -> None:
         """Drop keys from the L1 and detach their running loads."""
         self._local.drop(keys, patterns)
+        self._loader.forget(keys, patterns)
         for key in [*keys, *self._flights.matching(patterns)]:
             self._flights.forget(key)
 

@@ -1,7 +1,8 @@
 """The invalidation feed: one Redis pub/sub channel shared by every instance.
 
 Whoever invalidates publishes ``{"keys": [...], "patterns": [...], "origin": id}`` on the
-channel after Redis removed the keys (``invalidation.py``); every instance,
+channel after Redis removed the keys (``invalidation.py``; sharded pub/sub on
+a Redis Cluster, see ``topology.py``); every instance,
 itself included, applies it to its L1. Pub/sub is at-most-once, so the L1
 serves only while this subscription is known to be up, and starts empty
 after every reconnect.
@@ -24,9 +25,8 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 
-import redis.asyncio as aioredis
-
 from mcprouter.server.cache.guard import REDIS_ERRORS
+from mcprouter.server.cache.topology import RedisClient, Subscription
 
 logger = logging.getLogger("mcprouter.server.cache")
 
@@ -58,7 +58,7 @@ class InvalidationFeed:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         channel: str,
         *,
         apply: Callable[[list[str], list[str], str], None],
@@ -107,18 +107,18 @@ class InvalidationFeed:
             await asyncio.sleep(self._reconnect_delay)
 
     async def _listen(self) -> None:
-        pubsub = self._redis.pubsub()
+        subscription = Subscription(self._redis, self.channel)
         loop = asyncio.get_running_loop()
         try:
-            await pubsub.subscribe(self.channel)
+            await subscription.open()
             pinged_at: float | None = None
             while True:
-                message = await pubsub.get_message(timeout=self._ping_interval)
+                message = await subscription.next(self._ping_interval)
                 if message is not None:
                     pinged_at = None  # anything heard proves the subscription alive
                     self._handle(message)
                 elif pinged_at is None:
-                    await pubsub.ping()
+                    await subscription.ping()
                     pinged_at = loop.time()
                 elif loop.time() - pinged_at >= self._ping_interval:
                     # A silent subscription is a timeout like any other.
@@ -127,7 +127,7 @@ class InvalidationFeed:
                     )
         finally:
             with contextlib.suppress(*REDIS_ERRORS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await subscription.aclose()
 
     def _handle(self, message: dict[str, object]) -> None:
         kind = message.get("type")

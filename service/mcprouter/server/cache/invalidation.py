@@ -13,28 +13,52 @@ separate commands that other clients' commands interleave with:
 A load whose lease was taken after step 1 read its store after the write
 committed (invalidation always follows the commit), so its value is current.
 
-Patterns walk the keyspace with SCAN (never KEYS) in bounded batches, once
-for the leases and once for the values. Every Redis call is a strict one
-(``GuardedRedis.strict``): an invalidation never fails open.
+How a pattern is removed:
+
+- ``metrics:{id}:*`` and ``analytics:{id}:*`` removed by an experiment write
+  go through the experiment's **index** (``keys.INDEXED_FAMILIES``):
+  every key of those families is added to its index set when its load takes
+  the lease, so one script removes exactly them, leases first, in
+  O(that experiment's keys), however large the rest of the keyspace is;
+- every pattern of the Invalidate RPC (for operators: it also finds keys the
+  cache did not write, e.g. by an older version) walks the keyspace
+  with SCAN (never KEYS), on every primary of a cluster, in bounded batches,
+  once for the leases and once for the values; a pattern whose entity segment
+  holds a glob is matched server-side by a superset and filtered here.
+
+Every Redis call is a strict one (``GuardedRedis.strict``): an invalidation
+never fails open.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 from collections.abc import Sequence
 
+from mcprouter.server import keys as key_layout
+from mcprouter.server.cache import topology
 from mcprouter.server.cache.feed import encode_message
 from mcprouter.server.cache.guard import GuardedRedis
 from mcprouter.server.keys import KeySpace
 
 SCAN_COUNT = 1000
 UNLINK_BATCH = 500
-LEASE_FAMILY = "lease"
 
-
-def lease_key(keyspace: KeySpace, key: str) -> str:
-    """The Redis key of the load lease of a client-visible key."""
-    return keyspace.internal(LEASE_FAMILY, key)
+# Removes every member of an experiment's index (value keys) and its lease,
+# lease first, then the index itself. KEYS[1]: the index; ARGV[1]: the
+# namespace (a lease is the namespace, "_lease:", then the key without it).
+REMOVE_INDEXED = """
+local members = redis.call('SMEMBERS', KEYS[1])
+local prefix = string.len(ARGV[1])
+local removed = 0
+for _, value in ipairs(members) do
+  redis.call('UNLINK', ARGV[1] .. '_lease:' .. string.sub(value, prefix + 1))
+  removed = removed + redis.call('UNLINK', value)
+end
+redis.call('UNLINK', KEYS[1])
+return removed
+"""
 
 
 class Remover:
@@ -46,9 +70,20 @@ class Remover:
         self._keyspace = keyspace
         self._channel = channel
         self._origin = origin
+        self._remove_indexed = guard.client.register_script(REMOVE_INDEXED)
 
-    async def remove(self, keys: Sequence[str], patterns: Sequence[str]) -> int:
+    async def remove(
+        self, keys: Sequence[str], patterns: Sequence[str], *, by_index: bool = False
+    ) -> int:
         """Remove client-visible keys and patterns; return how many values existed.
+
+        Args:
+            keys: Client-visible keys.
+            patterns: Client-visible patterns.
+            by_index: Remove the indexed patterns through their index (a write's
+                invalidation: every key the cache stored is in it); ``False``
+                walks the keyspace (the Invalidate RPC: also keys written by
+                anything else).
 
         Raises:
             RedisError, OSError, TimeoutError: Redis failed part-way; retry the
@@ -56,35 +91,56 @@ class Remover:
         """
         removed = 0
         if keys:
-            leases = [lease_key(self._keyspace, k) for k in keys]
-            values = [self._keyspace.redis_key(k) for k in keys]
-            removed += await self._guard.strict(lambda: self._unlink_in_order(leases, values))
+            removed += await self._guard.strict(lambda: self._unlink_in_order(list(keys)))
         for pattern in patterns:
-            await self._unlink_matching(lease_key(self._keyspace, pattern))
-            removed += await self._unlink_matching(self._keyspace.redis_key(pattern))
+            if by_index and (indexed := key_layout.indexed_pattern(pattern)) is not None:
+                removed += await self._unlink_indexed(*indexed)
+            else:
+                await self._unlink_matching(pattern, lease=True)
+                removed += await self._unlink_matching(pattern, lease=False)
         message = encode_message(keys, patterns, origin=self._origin)
-        await self._guard.strict(lambda: self._redis.publish(self._channel, message))
+        await self._guard.strict(lambda: topology.publish(self._redis, self._channel, message))
         return removed
 
-    async def _unlink_in_order(self, leases: list[str], values: list[str]) -> int:
-        # One round trip; Redis runs a pipeline's commands in order.
+    async def _unlink_in_order(self, keys: list[str]) -> int:
+        # One round trip; Redis runs a pipeline's commands in order. One key per
+        # command, so each goes to its own slot's node on a cluster.
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.unlink(*leases)
-            pipe.unlink(*values)
-            _, removed = await pipe.execute()
-        return int(removed)
+            for key in keys:
+                pipe.unlink(self._keyspace.lease(key))
+                pipe.unlink(self._keyspace.redis_key(key))
+            replies = await pipe.execute()
+        return sum(int(r) for r in replies[1::2])
 
-    async def _unlink_matching(self, redis_pattern: str) -> int:
+    async def _unlink_indexed(self, family: str, entity: str) -> int:
+        index = self._keyspace.index(family, entity)
+        script, namespace = self._remove_indexed, self._keyspace.namespace
+        return int(await self._guard.strict(lambda: script(keys=[index], args=[namespace])))
+
+    async def _unlink_matching(self, pattern: str, *, lease: bool) -> int:
+        if lease:
+            pattern = f"_lease:{pattern}"
+        match = self._keyspace.redis_pattern(pattern)
+        exact = self._keyspace.pattern_is_exact(pattern)
         removed = 0
-        cursor: int = 0
-        while True:
-            cursor, found = await self._guard.strict(
-                functools.partial(self._redis.scan, cursor, match=redis_pattern, count=SCAN_COUNT)
-            )
-            for start in range(0, len(found), UNLINK_BATCH):
-                batch = found[start : start + UNLINK_BATCH]
-                removed += int(
-                    await self._guard.strict(functools.partial(self._redis.unlink, *batch))
+        for target in topology.scan_targets(self._redis):
+            cursor = 0
+            while True:
+                cursor, found = await self._guard.strict(
+                    functools.partial(
+                        topology.scan_page, self._redis, target, cursor, match, SCAN_COUNT
+                    )
                 )
-            if cursor == 0:
-                return removed
+                if not exact:
+                    found = [k for k in found if self._matches(k, pattern)]
+                for start in range(0, len(found), UNLINK_BATCH):
+                    batch = found[start : start + UNLINK_BATCH]
+                    removed += int(
+                        await self._guard.strict(functools.partial(self._redis.unlink, *batch))
+                    )
+                if cursor == 0:
+                    break
+        return removed
+
+    def _matches(self, redis_key: bytes, pattern: str) -> bool:
+        return fnmatch.fnmatchcase(self._keyspace.client_key(redis_key.decode()), pattern)

@@ -21,19 +21,19 @@ import itertools
 import logging
 import random
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 from google.protobuf.message import Message
 
 from mcprouter.server.cache.envelope import Entry, decode, encode_answer
 from mcprouter.server.cache.guard import Down, GuardedRedis
-from mcprouter.server.cache.invalidation import lease_key
 from mcprouter.server.cache.policy import CachePolicy
 from mcprouter.server.cache.served import Loader, M, check_type, parse, unavailable
 from mcprouter.server.errors import RouterError, Unavailable
-from mcprouter.server.keys import KeySpace
+from mcprouter.server.keys import KeySpace, index_of
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 
@@ -41,12 +41,30 @@ logger = logging.getLogger("mcprouter.server.cache")
 
 # The read of a miss and the lease in one round trip (the memcache lease
 # idea): the value if there is one, else whether we now hold the lease.
-GET_OR_LEASE = """
+# KEYS: value, lease[, index]; ARGV: token, lease ms[, index ms]. A key of an
+# indexed family joins its experiment's index when its lease is taken, so an
+# experiment write finds it (and its lease) without a SCAN.
+_LEASE_AND_INDEX = """
+local function lease()
+  if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+  if KEYS[3] then
+    redis.call('SADD', KEYS[3], KEYS[1])
+    if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then
+      redis.call('PEXPIRE', KEYS[3], ARGV[3])
+    end
+  end
+  return 1
+end
+"""
+GET_OR_LEASE = (
+    _LEASE_AND_INDEX
+    + """
 local value = redis.call('GET', KEYS[1])
 if value then return {value, 0} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
-return {false, 0}
+return {false, lease()}
 """
+)
+_TAKE_LEASE = _LEASE_AND_INDEX + "return lease()"
 # Deletes the lease only while it still holds our token: a lease that expired
 # and was taken by another instance is not ours to release.
 _RELEASE_LEASE = """
@@ -78,10 +96,32 @@ _STALE = ServeStatus.SERVE_STATUS_STALE
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A load lease: its Redis key and our token."""
+    """A load lease: its Redis key and our token (and the index the key joins, if any)."""
 
     key: str
     token: str
+    value_key: str
+    index: str | None = None
+
+    def script_keys(self) -> list[str]:
+        """KEYS of ``GET_OR_LEASE`` / ``_TAKE_LEASE``: value, lease[, index]."""
+        return (
+            [self.value_key, self.key]
+            if self.index is None
+            else [
+                self.value_key,
+                self.key,
+                self.index,
+            ]
+        )
+
+    def script_args(self, policy: CachePolicy) -> list[str | int]:
+        """ARGV of ``GET_OR_LEASE`` / ``_TAKE_LEASE``."""
+        args: list[str | int] = [self.token, policy.lease_ttl_ms]
+        if self.index is not None:
+            # The index outlives the longest entry it may point at.
+            args.append(policy.entry_ttl_ms(policy.fresh_ttl * (1 + policy.jitter)))
+        return args
 
 
 Admit = Callable[[str, Message | None, float, float], None]
@@ -121,14 +161,22 @@ class KeyLoader:
         self._release_lease = guard.client.register_script(_RELEASE_LEASE)
         self._store_and_release = guard.client.register_script(_STORE_AND_RELEASE)
         self._renew_lease = guard.client.register_script(_RENEW_LEASE)
+        self._take_lease_script = guard.client.register_script(_TAKE_LEASE)
         self._prefix = secrets.token_hex(8)
         self._tokens = itertools.count()
         # Store-backs run after the waiters got their value (off the critical path).
         self._background: set[asyncio.Task[Any]] = set()
+        self._storing: dict[str, tuple[Loaded, float]] = {}  # key: (value, fresh until)
 
     def new_lease(self, key: str) -> Lease:
         """A lease for ``key`` with a token no other load uses."""
-        return Lease(lease_key(self._keyspace, key), f"{self._prefix}{next(self._tokens)}")
+        indexed = index_of(key)
+        return Lease(
+            self._keyspace.lease(key),
+            f"{self._prefix}{next(self._tokens)}",
+            self._keyspace.redis_key(key),
+            None if indexed is None else self._keyspace.index(*indexed),
+        )
 
     async def settle(self) -> None:
         """Wait until every store-back and lease release started so far is done."""
@@ -189,11 +237,12 @@ class KeyLoader:
         )
 
     async def _take_lease(self, key: str, lease: Lease, policy: CachePolicy) -> bool | Down:
+        take = self._take_lease_script
         got = await self._guard.call(
             "lease",
             key,
             policy.data_type,
-            lambda: self._redis.set(lease.key, lease.token, nx=True, px=policy.lease_ttl_ms),
+            lambda: take(keys=lease.script_keys(), args=lease.script_args(policy)),
         )
         return got if isinstance(got, Down) else bool(got)
 
@@ -263,24 +312,52 @@ class KeyLoader:
             blob, ttl_ms, fresh_until = encode_answer(
                 policy, payload, now=now, load_duration=now - started, rng=self._rng
             )
+            loaded = Loaded(value, _FRESH, now)
             if lease is not None:
-                self._in_background(self._store_back(key, dt, lease, blob, ttl_ms))
+                # Until Redis has it, a read here gets the value from memory:
+                # it would otherwise miss, find our lease and wait for it.
+                self._storing[key] = (loaded, fresh_until)
+                self._in_background(self._store_back(key, dt, lease, blob, ttl_ms, loaded))
             if admit is not None:
                 admit(key, value, now, fresh_until)
+            return loaded
         return Loaded(value, _FRESH, now)
 
-    async def _store_back(
-        self, key: str, data_type: DataType.ValueType, lease: Lease, blob: bytes, ttl_ms: int
+    async def _store_back(  # noqa: PLR0917 - one call site, all positional and distinct
+        self,
+        key: str,
+        data_type: DataType.ValueType,
+        lease: Lease,
+        blob: bytes,
+        ttl_ms: int,
+        loaded: Loaded,
     ) -> None:
         store = self._store_and_release
-        await self._guard.call(
-            "SET",
-            key,
-            data_type,
-            lambda: store(
-                keys=[self._keyspace.redis_key(key), lease.key], args=[lease.token, blob, ttl_ms]
-            ),
-        )
+        try:
+            await self._guard.call(
+                "SET",
+                key,
+                data_type,
+                lambda: store(keys=[lease.value_key, lease.key], args=[lease.token, blob, ttl_ms]),
+            )
+        finally:
+            if (storing := self._storing.get(key)) is not None and storing[0] is loaded:
+                del self._storing[key]
+
+    def being_stored(self, key: str) -> Loaded | None:
+        """The still fresh value a load of ``key`` here is storing right now, if any."""
+        storing = self._storing.get(key)
+        if storing is None or self._clock() >= storing[1]:
+            return None
+        return storing[0]
+
+    def forget(self, keys: Sequence[str], patterns: Sequence[str]) -> None:
+        """An invalidation: values on their way to Redis are no longer served from memory."""
+        for key in keys:
+            self._storing.pop(key, None)
+        if patterns:
+            for key in [k for k in self._storing if any(fnmatchcase(k, p) for p in patterns)]:
+                del self._storing[key]
 
     async def _release(self, key: str, data_type: DataType.ValueType, lease: Lease) -> None:
         release = self._release_lease

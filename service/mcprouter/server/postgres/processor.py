@@ -119,9 +119,7 @@ class PostgresProcessor:
         key = keys.experiment_key(exp_id)
         stored = await self._writes.run(
             lambda: self._store.upsert_experiment(op.experiment),
-            lambda: self._cache.after_write(
-                [key], [f"metrics:{exp_id}:*", f"analytics:{exp_id}:*"]
-            ),
+            lambda: self._cache.after_write([key], keys.derived_patterns(exp_id)),
         )
         return _stored(stored, key)
 
