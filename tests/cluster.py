@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -88,7 +89,10 @@ class LocalCluster:
     def _start(self, port: int) -> subprocess.Popen[bytes]:
         folder = self._folder / str(port)
         folder.mkdir(parents=True, exist_ok=True)
-        log = (folder / "valkey.log").open("ab")
+        with (folder / "valkey.log").open("ab") as log:  # the child keeps its own descriptor
+            return self._spawn(port, folder, log)
+
+    def _spawn(self, port: int, folder: Path, log: Any) -> subprocess.Popen[bytes]:
         options = {
             "port": str(port),
             "bind": "127.0.0.1",

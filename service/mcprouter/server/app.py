@@ -16,10 +16,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from mcprouter.server import wiring
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker, LocalCache
+from mcprouter.server.cache.topology import RedisClient
 from mcprouter.server.chroma.processor import ChromaProcessor
 from mcprouter.server.chroma.store import ChromaStore, open_chroma
 from mcprouter.server.clickhouse.dedup import DedupPolicy
@@ -70,8 +70,8 @@ class App:
     """Everything a running server uses, built once."""
 
     settings: Settings
-    redis: aioredis.Redis
-    state_redis: aioredis.Redis
+    redis: RedisClient
+    state_redis: RedisClient
     postgres: asyncpg.Pool
     clickhouse: ClickHouseStore
     chroma: ChromaStore
@@ -170,13 +170,14 @@ async def open_postgres(settings: Settings, stack: AsyncExitStack) -> AsyncItera
         await pool.close()
 
 
-def open_redis(settings: Settings, url: str, stack: AsyncExitStack) -> aioredis.Redis:
+def open_redis(settings: Settings, url: str, stack: AsyncExitStack) -> RedisClient:
     """A client tuned for the service (``create_redis``), closed with ``stack``."""
     client = create_redis(
         url,
         pool_size=settings.redis_pool_size,
         timeout_s=settings.redis_timeout_ms / 1000,
         pool_timeout_s=settings.redis_pool_timeout_ms / 1000,
+        cluster=settings.redis_cluster,
     )
     stack.push_async_callback(client.aclose)
     return client

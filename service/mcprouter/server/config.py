@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None,
         description="Redis URL of the cache role (evictable: maxmemory with allkeys-lru), e.g. "
-        "redis://host:6379/0. Unset: embedded Valkey (persisted under DATA_DIR).",
+        "redis://host:6379/0, or redis+cluster://host:6379 for any node of a Redis Cluster. "
+        "Unset: embedded Valkey (persisted under DATA_DIR).",
     )
     redis_state_url: str | None = Field(
         None,
@@ -50,8 +51,16 @@ class Settings(BaseSettings):
         "real-time counters, which must never be evicted (noeviction, persisted). Unset: "
         "the server of REDIS_URL.",
     )
+    redis_cluster: bool = Field(
+        False,
+        description="Treat REDIS_URL and REDIS_STATE_URL as nodes of a Redis Cluster (the same "
+        "as the redis+cluster:// scheme).",
+    )
     redis_pool_size: int = Field(
-        64, ge=1, le=10_000, description="Maximum Redis connections; callers wait for one."
+        64,
+        ge=1,
+        le=10_000,
+        description="Maximum Redis connections (per node on a cluster); callers wait for one.",
     )
     redis_timeout_ms: int = Field(
         250, ge=10, le=60_000, description="Redis socket and connect timeout (fail fast)."

@@ -12,11 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from mcprouter.server.cache import CacheAside, CircuitBreaker, LocalCache
 from mcprouter.server.cache.feed import PING_INTERVAL_S
 from mcprouter.server.cache.guard import GuardedRedis
+from mcprouter.server.cache.topology import RedisClient
 from mcprouter.server.clickhouse.dedup import DedupPolicy
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.processor import (
@@ -53,11 +52,11 @@ class Core:
 
 
 def cache_core(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keyspace: KeySpace,
     stats: CacheStats,
     *,
-    state_redis: aioredis.Redis | None = None,
+    state_redis: RedisClient | None = None,
     breaker: CircuitBreaker | None = None,
     state_breaker: CircuitBreaker | None = None,
     local: LocalCache | None = None,

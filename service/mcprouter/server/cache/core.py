@@ -29,7 +29,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any
 
-import redis.asyncio as aioredis
 from google.protobuf.message import Message
 
 from mcprouter.server.cache.breaker import CircuitBreaker
@@ -42,6 +41,7 @@ from mcprouter.server.cache.local import LocalCache
 from mcprouter.server.cache.policy import CachePolicy, xfetch_due
 from mcprouter.server.cache.served import Loader, M, Served, not_found, parse, utc
 from mcprouter.server.cache.single_flight import SingleFlight
+from mcprouter.server.cache.topology import RedisClient
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
@@ -59,7 +59,7 @@ class CacheAside:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keyspace: KeySpace,
         stats: CacheStats,
         breaker: CircuitBreaker,
@@ -107,6 +107,7 @@ class CacheAside:
             apply=self._apply_remote,
             on_connected=self._local.set_coherent,
             ping_interval_s=feed_ping_interval_s,
+            ready=self._guard.ready,
         )
         self._loader = KeyLoader(
             self._guard,

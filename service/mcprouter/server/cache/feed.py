@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from mcprouter.server.cache.guard import REDIS_ERRORS
 from mcprouter.server.cache.topology import RedisClient, Subscription
@@ -65,6 +65,7 @@ class InvalidationFeed:
         on_connected: Callable[[bool], None],
         ping_interval_s: float = PING_INTERVAL_S,
         reconnect_delay_s: float = RECONNECT_DELAY_S,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.channel = channel
         self._redis = redis
@@ -72,6 +73,8 @@ class InvalidationFeed:
         self._on_connected = on_connected
         self._ping_interval = ping_interval_s
         self._reconnect_delay = reconnect_delay_s
+        # A cluster client must know its slot map before the sharded subscribe.
+        self._ready = ready
         self._task: asyncio.Task[None] | None = None
         self.connected = False
 
@@ -110,6 +113,8 @@ class InvalidationFeed:
         subscription = Subscription(self._redis, self.channel)
         loop = asyncio.get_running_loop()
         try:
+            if self._ready is not None:
+                await self._ready()
             await subscription.open()
             pinged_at: float | None = None
             while True:

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mcprouter.server.budget import remaining, spent
 from mcprouter.server.cache.breaker import CircuitBreaker
+from mcprouter.server.cache.topology import RedisClient, is_cluster
 from mcprouter.server.errors import DeadlineExceeded
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.serve_status_pb2 import DataType
@@ -43,7 +43,7 @@ class GuardedRedis:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         breaker: CircuitBreaker,
         stats: CacheStats,
         timeout: float,
@@ -52,6 +52,22 @@ class GuardedRedis:
         self.breaker = breaker
         self._stats = stats
         self._timeout = timeout
+        self._ready = not is_cluster(client)
+        self._initializing = asyncio.Lock()
+
+    async def ready(self) -> None:
+        """Load a cluster client's slot map once, before any concurrent use.
+
+        redis-py's asyncio cluster client breaks connections when its first
+        commands arrive concurrently before it knows the topology; one call
+        here, serialised, avoids that. Nothing to do on a single server.
+        """
+        if self._ready:
+            return
+        async with self._initializing:
+            if not self._ready:
+                await self.client.initialize()
+                self._ready = True
 
     async def call(
         self,
@@ -76,6 +92,7 @@ class GuardedRedis:
         budget = remaining(self._timeout)
         try:
             async with asyncio.timeout(budget):
+                await self.ready()
                 reply = await call()
         except REDIS_ERRORS as exc:
             if budget < self._timeout and isinstance(exc, TimeoutError):
@@ -104,6 +121,7 @@ class GuardedRedis:
         budget = remaining(self._timeout)
         try:
             async with asyncio.timeout(budget):
+                await self.ready()
                 reply = await call()
         except REDIS_ERRORS as exc:
             if isinstance(exc, TimeoutError) and budget < self._timeout and spent():

@@ -107,8 +107,10 @@ class Remover:
         # command, so each goes to its own slot's node on a cluster.
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.unlink(self._keyspace.lease(key))
-                pipe.unlink(self._keyspace.redis_key(key))
+                # execute_command: a cluster pipeline's unlink() is a multi-key
+                # coroutine, not a queued command.
+                pipe.execute_command("UNLINK", self._keyspace.lease(key))
+                pipe.execute_command("UNLINK", self._keyspace.redis_key(key))
             replies = await pipe.execute()
         return sum(int(r) for r in replies[1::2])
 

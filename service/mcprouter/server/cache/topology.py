@@ -20,6 +20,7 @@ from typing import Any, TypeAlias
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 """A client of one server or of a cluster; both speak the commands we use."""
@@ -105,12 +106,51 @@ class Subscription:
         await self._pubsub.aclose()
 
 
-def by_slot(keys: Sequence[str]) -> dict[int, list[int]]:
-    """Indices of ``keys`` grouped by cluster slot, in order (one group on one server)."""
+def slot_groups(client: RedisClient, keys: Sequence[str]) -> list[list[int]]:
+    """Indices of ``keys`` grouped so each group can go to one script call.
+
+    One group on a single server (one round trip); one group per slot on a
+    cluster, in the order of each slot's first key.
+    """
+    if not isinstance(client, RedisCluster):
+        return [list(range(len(keys)))] if keys else []
     groups: dict[int, list[int]] = {}
     for index, key in enumerate(keys):
         groups.setdefault(key_slot(key.encode()), []).append(index)
-    return groups
+    return list(groups.values())
+
+
+async def run_per_slot(
+    client: RedisClient, script: Any, calls: Sequence[tuple[list[str], list[Any]]]
+) -> list[Any]:
+    """Run a registered script once per ``(keys, args)`` call; the keys of a call share a slot.
+
+    One call: one EVALSHA. Several on a cluster: one pipeline (a round trip per
+    node, few connections), loading the script first where a node lacks it.
+    """
+    if len(calls) == 1 or not isinstance(client, RedisCluster):
+        return [await script(keys=keys, args=args) for keys, args in calls]
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in range(2):
+        async with client.pipeline(transaction=False) as pipe:
+            for index in todo:
+                keys, args = calls[index]
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        missing = []
+        for index, result in zip(todo, results, strict=True):
+            if isinstance(result, NoScriptError) and attempt == 0:
+                missing.append(index)
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                replies[index] = result
+        if not missing:
+            break
+        await client.script_load(script.script)
+        todo = missing
+    return replies
 
 
 async def primaries_figures(client: RedisClient) -> tuple[int, int]:

@@ -49,12 +49,15 @@ holds an 8-character token for at most the pending TTL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from mcprouter.server.cache import topology
 from mcprouter.server.cache.guard import REDIS_ERRORS, GuardedRedis
 from mcprouter.server.errors import CacheUnavailable, Unavailable
 from mcprouter.server.followups import FollowUps
@@ -74,8 +77,9 @@ CLAIMED, IS_DONE, REPEAT, PENDING = 0, 1, 2, 3
 
 # KEYS: one record per event of the request, in order. ARGV: token, pending TTL.
 # One script, so the check and the claims are atomic and a request is claimed
-# all or nothing. (On Redis Cluster the keys of one call would have to share a
-# slot: group them by slot before calling.)
+# all or nothing. On a Redis Cluster it runs once per slot (records are tagged
+# by event id) and claims made in other slots are released when any slot
+# reports an id in flight, so the request is still claimed all or nothing.
 CLAIM_SCRIPT = """
 local out, seen, busy = {}, {}, false
 for i, key in ipairs(KEYS) do
@@ -175,16 +179,25 @@ class DedupRecords:
         token = secrets.token_urlsafe(6)
         # Taken before the script runs: the record's TTL starts no earlier.
         start_by = time.monotonic() + self._policy.insert_start_budget_s
+        groups = topology.slot_groups(self._guard.client, keys)
         try:
-            codes = await self._guard.strict(
-                lambda: self._claim(keys=keys, args=[token, self._policy.pending_ttl_s])
+            replies = await self._per_slot(
+                self._claim,
+                [([keys[i] for i in g], [token, self._policy.pending_ttl_s]) for g in groups],
             )
         except REDIS_ERRORS as exc:
+            with contextlib.suppress(*REDIS_ERRORS):  # else they expire with the pending TTL
+                await self._undo(keys, token, groups)
             raise CacheUnavailable(
                 f"Redis failed, events cannot be deduplicated and were not stored: {exc}",
                 metadata={"action": "dedup"},
             ) from exc
-        codes = [int(code) for code in codes]
+        codes = [0] * len(keys)
+        for group, reply in zip(groups, replies, strict=True):
+            for index, code in zip(group, reply, strict=True):
+                codes[index] = int(code)
+        if len(groups) > 1 and PENDING in codes:
+            await self._undo(keys, token, groups)  # all or nothing across slots too
         pending = [i for i, code in zip(event_ids, codes, strict=True) if code == PENDING]
         if pending:
             raise Unavailable(
@@ -200,13 +213,27 @@ class DedupRecords:
         claimed = [key for key, code in zip(keys, codes, strict=True) if code == CLAIMED]
         return Claim(token, [code == CLAIMED for code in codes], claimed, start_by)
 
+    async def _per_slot(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        client = self._guard.client
+        return await self._guard.strict(lambda: topology.run_per_slot(client, script, calls))
+
+    async def _undo(self, keys: list[str], token: str, groups: list[list[int]]) -> None:
+        """Release what this token claimed in any slot (only on a cluster can that be partial)."""
+        if len(groups) > 1:
+            await self._run_grouped(self._release, keys, [token])
+
+    async def _run_grouped(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        """One script call per slot group (one call on a single server)."""
+        groups = topology.slot_groups(self._guard.client, keys)
+        await self._per_slot(script, [([keys[i] for i in group], args) for group in groups])
+
     async def mark_done(self, claim: Claim) -> None:
         """Turn a claim's records into done ones; on a Redis failure, retry in the background."""
         if claim.keys:
             await self._followups.run(
                 f"dedup done {claim.token} ({len(claim.keys)} events)",
-                lambda: self._guard.strict(
-                    lambda: self._done(keys=claim.keys, args=[claim.token, self._policy.done_ttl_s])
+                lambda: self._run_grouped(
+                    self._done, claim.keys, [claim.token, self._policy.done_ttl_s]
                 ),
             )
 
@@ -215,7 +242,5 @@ class DedupRecords:
         if claim.keys:
             await self._followups.run(
                 f"dedup release {claim.token} ({len(claim.keys)} events)",
-                lambda: self._guard.strict(
-                    lambda: self._release(keys=claim.keys, args=[claim.token])
-                ),
+                lambda: self._run_grouped(self._release, claim.keys, [claim.token]),
             )

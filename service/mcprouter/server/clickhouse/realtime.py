@@ -31,7 +31,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
+from mcprouter.server.cache import topology
 from mcprouter.server.cache.guard import Down, GuardedRedis
 from mcprouter.server.keys import KeySpace
 from mcprouter.v1.events_pb2 import Event
@@ -79,6 +81,13 @@ def hour_start(event: Event) -> int:
     return seconds - seconds % 3600
 
 
+# KEYS: the hour's hash and its HyperLogLog. Count and sum as strings (sum is a float).
+READ_SCRIPT = """
+local figures = redis.call('HMGET', KEYS[1], 'count', 'sum')
+return {figures[1] or '0', figures[2] or '0', redis.call('PFCOUNT', KEYS[2])}
+"""
+
+
 class RealtimeCounters:
     """Per-hour count, value sum and unique users, kept in Redis."""
 
@@ -89,6 +98,7 @@ class RealtimeCounters:
         self._keyspace = keyspace
         self._ttl_s = ttl_s
         self._record_script = guard.client.register_script(RECORD_SCRIPT)
+        self._read_script = guard.client.register_script(READ_SCRIPT)
 
     def _hash_key(self, experiment_id: str, variant: str, metric: str, hour: datetime) -> str:
         return self._keyspace.internal("rt", experiment_id, variant, metric, f"{hour:%Y%m%d%H}")
@@ -108,19 +118,28 @@ class RealtimeCounters:
             group.count += 1
             group.total += event.value
             group.users.add(event.user_id)
-        redis_keys: list[str] = []
-        args: list[str | int] = [self._ttl_s]
+        # One script call per slot group: the hash and the HLL of an hour share
+        # the experiment's tag; on a cluster, experiments may live in other slots.
+        entries: list[tuple[str, list[str | int]]] = []
         for (exp, variant, metric, hour), group in groups.items():
             hkey = self._hash_key(exp, variant, metric, datetime.fromtimestamp(hour, UTC))
-            redis_keys += [hkey, f"{hkey}:users"]
-            args += [group.count, repr(group.total), len(group.users), *group.users]
-        if not redis_keys:
+            entries.append((hkey, [group.count, repr(group.total), len(group.users), *group.users]))
+        if not entries:
             return True
+        calls: list[tuple[list[str], list[Any]]] = []
+        for indices in topology.slot_groups(self._guard.client, [hkey for hkey, _ in entries]):
+            redis_keys: list[str] = []
+            args: list[Any] = [self._ttl_s]
+            for hkey, values in (entries[i] for i in indices):
+                redis_keys += [hkey, f"{hkey}:users"]
+                args += values
+            calls.append((redis_keys, args))
+        client, script = self._guard.client, self._record_script
         reply = await self._guard.call(
             "counters update",
-            redis_keys[0],
+            calls[0][0][0],
             _METRICS,
-            lambda: self._record_script(keys=redis_keys, args=args),
+            lambda: topology.run_per_slot(client, script, calls),
         )
         return not isinstance(reply, Down)
 
@@ -131,10 +150,9 @@ class RealtimeCounters:
         hkey = self._hash_key(experiment_id, variant, metric, hour)
 
         async def fetch() -> HourFigures:
-            async with self._guard.client.pipeline(transaction=False) as pipe:
-                pipe.hmget(hkey, ["count", "sum"])
-                pipe.pfcount(f"{hkey}:users")
-                (count, total), users = await pipe.execute()
+            # One script: the hash and the HLL share a slot, and a cluster
+            # pipeline refuses PFCOUNT.
+            count, total, users = await self._read_script(keys=[hkey, f"{hkey}:users"], args=[])
             return HourFigures(
                 count=int(count or 0), sum=float(total or 0.0), unique_users=int(users or 0)
             )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mcprouter.server import keys
-from mcprouter.server.cache import CacheAside
+from mcprouter.server.cache import CacheAside, topology
 from mcprouter.server.cache.guard import REDIS_ERRORS, GuardedRedis
 from mcprouter.server.errors import CacheUnavailable
 from mcprouter.server.keys import KeySpace
@@ -140,23 +140,19 @@ class RedisProcessor:
         return await self._cache.invalidate(patterns=[keys.collection_pattern(collection)])
 
     async def figures(self) -> RedisFigures:
-        """Memory in use and key count of the Redis database."""
+        """Memory in use and key count of the cache role (summed over a cluster's primaries)."""
         client = self._guard.client
-
-        async def read() -> tuple[Any, Any]:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.info("memory")
-                pipe.dbsize()
-                memory, key_count = await pipe.execute()
-            return memory, key_count
-
-        memory, key_count = await self._strict("Stats", self._guard, read)
-        return RedisFigures(int(memory.get("used_memory", 0)), int(key_count))
+        used, count = await self._strict(
+            "Stats", self._guard, lambda: topology.primaries_figures(client)
+        )
+        return RedisFigures(used, count)
 
     async def ping(self) -> None:
         """Raise unless the cache role answers."""
+        await self._guard.ready()
         await self._guard.client.ping()
 
     async def ping_state(self) -> None:
         """Raise unless the state role answers."""
+        await self._state.ready()
         await self._state.client.ping()
