@@ -1,6 +1,6 @@
 """Where a server's CPU goes under load: py-spy record (raw stacks), summarised.
 
-``py-spy`` is optional (``.venv/bin/pip install py-spy``); without it the
+``py-spy`` comes with the dev tools (``make install``); without it the
 profile is skipped with a note.
 """
 
@@ -57,6 +57,8 @@ async def profile_server(pid: int, seconds: float, load: Awaitable[object], out:
     exe = py_spy()
     if exe is None:
         print("\n(py-spy not installed: profile skipped)")
+        if asyncio.iscoroutine(load):
+            load.close()  # never started: close it instead of leaving it unawaited
         return
     argv = [exe, "record", "--pid", str(pid), "--duration", str(int(seconds))]
     argv += ["--rate", str(_RATE), "--format", "raw", "--output", str(out), "--nonblocking"]

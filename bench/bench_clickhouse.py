@@ -85,6 +85,7 @@ class Config:
     warm_reads: int
     analytics_events: int
     redis_url: str | None
+    inserts: int = 4
 
 
 @asynccontextmanager
@@ -280,7 +281,9 @@ async def main(cfg: Config) -> None:
                 print(f"cleanup: removed {removed:,} Redis keys under {namespace}*")
 
             stack.push_async_callback(cleanup)
-            store = await open_clickhouse("chdb://" + os.path.join(tmp, "clickhouse"))
+            store = await open_clickhouse(
+                "chdb://" + os.path.join(tmp, "clickhouse"), insert_workers=cfg.inserts
+            )
             stack.push_async_callback(store.close)
             await store.migrate()
             stats, keyspace = CacheStats(), KeySpace(namespace)
@@ -288,7 +291,7 @@ async def main(cfg: Config) -> None:
             cache = core.cache
             stack.push_async_callback(cache.aclose)
             batcher: EventBatcher[Event] = EventBatcher(
-                store.insert_events, max_batch=5000, max_delay_ms=15
+                store.insert_events, max_batch=5000, max_delay_ms=15, max_concurrent=cfg.inserts
             )
             stack.push_async_callback(batcher.aclose)
             experiments: dict[str, Experiment] = {}
@@ -301,7 +304,11 @@ async def main(cfg: Config) -> None:
             )
             stack.push_async_callback(processor.aclose)
             bench = Bench(processor, store, batcher, cache, experiments)
-            print(f"redis {redis_url}, chDB in {tmp}, namespace {namespace}", flush=True)
+            print(
+                f"redis {redis_url}, chDB in {tmp}, namespace {namespace}, "
+                f"{cfg.inserts} concurrent inserts",
+                flush=True,
+            )
             await ingest_cell(bench, "warm-up", 100, 16, 2000, cfg.cell_seconds)
             print("-- ingest (events acknowledged STORED per second; nothing lost = ok)")
             for label, per_request in (("single", 1), ("batch100", 100), ("batch500", 500)):
@@ -318,10 +325,13 @@ def parse() -> Config:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small cells (about a minute)")
     parser.add_argument("--redis-url", help="Redis to use (default: local 6379 or embedded)")
+    parser.add_argument(
+        "--inserts", type=int, default=4, help="concurrent inserts (INGEST_MAX_CONCURRENT_INSERTS)"
+    )
     args = parser.parse_args()
     if args.quick:
-        return Config(50_000, 5_000, 10.0, 5, 300, 1_000_000, args.redis_url)
-    return Config(200_000, 20_000, 30.0, 20, 3000, 1_000_000, args.redis_url)
+        return Config(50_000, 5_000, 10.0, 5, 300, 1_000_000, args.redis_url, args.inserts)
+    return Config(200_000, 20_000, 30.0, 20, 3000, 1_000_000, args.redis_url, args.inserts)
 
 
 if __name__ == "__main__":

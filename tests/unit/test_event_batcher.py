@@ -9,6 +9,7 @@ import pytest
 
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.errors import ResourceExhausted, Unavailable
+from tests.conditions import eventually
 
 
 class Sink:
@@ -185,4 +186,31 @@ async def test_items_whose_write_cannot_start_by_their_deadline_are_failed_not_w
     assert caught.value.reason == "INGEST_QUEUE_TIMEOUT"
     assert sink.written == [1, 3]
     assert batcher.pending == 0
+    await batcher.aclose()
+
+
+async def test_up_to_max_concurrent_inserts_run_at_once_and_the_next_batch_grows() -> None:
+    started: list[list[int]] = []
+    gates = [asyncio.Event() for _ in range(3)]
+
+    async def sink(batch: Sequence[int]) -> None:
+        index = len(started)
+        started.append(list(batch))
+        await gates[index].wait()
+
+    batcher: EventBatcher[int] = EventBatcher(sink, max_batch=100, max_delay_ms=0, max_concurrent=2)
+    first = asyncio.create_task(batcher.add([1]))
+    await eventually(lambda: len(started) == 1, "first insert started")
+    second = asyncio.create_task(batcher.add([2]))
+    await eventually(lambda: len(started) == 2, "second insert runs beside the first")
+    later = [asyncio.create_task(batcher.add([n])) for n in (3, 4, 5)]
+    await asyncio.sleep(0.05)  # both slots busy: nothing else starts
+    assert len(started) == 2
+    gates[0].set()
+    await first
+    await eventually(lambda: len(started) == 3, "a slot freed: the waiting items go as one batch")
+    assert sorted(started[2]) == [3, 4, 5]
+    gates[1].set()
+    gates[2].set()
+    await asyncio.gather(second, *later)
     await batcher.aclose()

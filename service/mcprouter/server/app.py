@@ -129,6 +129,7 @@ async def open_clickhouse_store(settings: Settings) -> AsyncIterator[ClickHouseS
         settings.clickhouse_url or embedded_clickhouse_url(settings.data_dir),
         send_receive_timeout_s=settings.clickhouse_insert_timeout_s,
         query_workers=settings.clickhouse_query_workers,
+        insert_workers=settings.ingest_max_concurrent_inserts,
         migrate=settings.clickhouse_url is None or settings.migrate_on_start,
     )
     try:
@@ -242,6 +243,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             max_batch=settings.ingest_max_batch,
             max_delay_ms=settings.ingest_max_delay_ms,
             max_pending=settings.ingest_max_pending,
+            max_concurrent=settings.ingest_max_concurrent_inserts,
         )
         # Closed before the store: pending events are flushed, not dropped.
         stack.push_async_callback(batcher.aclose)

@@ -190,6 +190,13 @@ class Settings(BaseSettings):
         "claim and insert blocks retries. Must exceed CLICKHOUSE_INSERT_TIMEOUT_S + "
         "INGEST_MAX_DELAY_MS + 5 s.",
     )
+    ingest_max_concurrent_inserts: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="ClickHouse inserts that may run at once (each on its own client and "
+        "thread); while all are busy, new events gather into the next, larger batch.",
+    )
     clickhouse_query_workers: int = Field(
         2,
         ge=1,

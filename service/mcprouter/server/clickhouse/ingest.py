@@ -8,10 +8,11 @@ and hands them to its sink as one batch when either
 * ``max_batch`` events are pending, or
 * ``max_delay_ms`` passed since the first pending event arrived,
 
-whichever comes first. Only one flush runs at a time; events that arrive
-meanwhile gather into the next batch, so under load the batch size grows to
-fill the insert time (classic group commit) and at low load an event waits at
-most ``max_delay_ms``.
+whichever comes first. At most ``max_concurrent`` flushes run at a time
+(default 1; the service uses ``INGEST_MAX_CONCURRENT_INSERTS``); events that
+arrive while every slot is busy gather into the next batch, so under load the
+batch size grows to fill the insert time (classic group commit), and at low
+load an event waits at most ``max_delay_ms`` plus one insert.
 
 Acknowledgement: ``add()`` returns only after the sink call that carried all
 of the caller's events succeeded, and raises the sink's error to every caller
@@ -68,6 +69,7 @@ class EventBatcher(Generic[T]):
         max_batch: int = 5000,
         max_delay_ms: float = 15.0,
         max_pending: int = 100_000,
+        max_concurrent: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Batch items for ``sink``.
@@ -77,10 +79,15 @@ class EventBatcher(Generic[T]):
             max_batch: Pending items that trigger a flush at once.
             max_delay_ms: Longest wait of the first pending item before a flush.
             max_pending: Items that may wait at once; more are refused.
+            max_concurrent: Sink calls that may run at once; while all are busy,
+                new items gather into the next (larger) batch.
             clock: Monotonic seconds (injected for tests).
         """
-        if max_batch < 1 or max_pending < max_batch or max_delay_ms < 0:
-            raise ValueError("need max_batch >= 1, max_pending >= max_batch, max_delay_ms >= 0")
+        if max_batch < 1 or max_pending < max_batch or max_delay_ms < 0 or max_concurrent < 1:
+            raise ValueError(
+                "need max_batch >= 1, max_pending >= max_batch, max_delay_ms >= 0, "
+                "max_concurrent >= 1"
+            )
         self._sink = sink
         self._max_batch = max_batch
         self._max_delay = max_delay_ms / 1000
@@ -93,8 +100,9 @@ class EventBatcher(Generic[T]):
         self._full = asyncio.Event()  # max_batch reached (or closing)
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        # flush() and the background loop may both flush: one sink call at a time.
-        self._flushing = asyncio.Lock()
+        # Sink calls in flight at once (flush() and the loop share the bound).
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._in_flight: set[asyncio.Task[None]] = set()
         self.flushes = 0
 
     @property
@@ -153,7 +161,16 @@ class EventBatcher(Generic[T]):
                 if remaining > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._full.wait(), remaining)
-            await self._flush_once()
+            # A free slot first, then take: what is taken starts at once, and
+            # while every slot is busy the next batch keeps growing.
+            await self._slots.acquire()
+            taken = self._take()
+            if not taken:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._flush_taken(taken), name="event-insert")
+            self._in_flight.add(task)
+            task.add_done_callback(self._flushed)
 
     def _take(self) -> list[_Pending[T]]:
         """Whole submissions, oldest first, up to ``max_batch`` items (at least one)."""
@@ -198,8 +215,12 @@ class EventBatcher(Generic[T]):
                 entry.done.exception()  # retrieved: a cancelled caller never awaits it
         log.warning("%d event submissions expired before their insert started", len(late))
 
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+
     async def _flush_once(self) -> None:
-        async with self._flushing:
+        async with self._slots:
             await self._flush_taken(self._take())
 
     async def _flush_taken(self, taken: list[_Pending[T]]) -> None:
@@ -227,6 +248,8 @@ class EventBatcher(Generic[T]):
         self._wake.set()
         while self._pending:
             await self._flush_once()
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Refuse new items, flush every pending one and stop."""
@@ -237,3 +260,5 @@ class EventBatcher(Generic[T]):
             await self._task
         while self._pending:  # the loop never started, or added after it ended
             await self._flush_once()
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)

@@ -301,6 +301,7 @@ async def open_clickhouse(
     connect_timeout_s: float = 5.0,
     send_receive_timeout_s: float = 30.0,
     query_workers: int = 2,
+    insert_workers: int = 1,
     migrate: bool = False,
 ) -> ClickHouseStore:
     """A store that owns its clients; nothing connects until the first call.
@@ -311,6 +312,7 @@ async def open_clickhouse(
         connect_timeout_s: TCP connect timeout of the HTTP clients.
         send_receive_timeout_s: Socket timeout of the HTTP clients (bounds an insert).
         query_workers: Reads that may run at once.
+        insert_workers: Inserts that may run at once.
         migrate: Apply pending migrations before the first call (see the class).
 
     Returns:
@@ -323,6 +325,6 @@ async def open_clickhouse(
     if scheme not in ("chdb", "http", "https"):
         raise ValueError(f"unsupported ClickHouse URL scheme {scheme!r}: use chdb:// or http(s)://")
     connect = functools.partial(_connect, url, connect_timeout_s, send_receive_timeout_s)
-    inserts = Lane("clickhouse-insert", connect, workers=1)
+    inserts = Lane("clickhouse-insert", connect, workers=insert_workers)
     queries = Lane("clickhouse-query", connect, workers=query_workers)
     return ClickHouseStore(inserts, queries, migrate=migrate)
