@@ -80,7 +80,7 @@ def build_server(
         ],
     )
     router_service_pb2_grpc.add_RouterServiceServicer_to_server(
-        RouterServicer(app.router, app.cache_ops, app.stats), server
+        RouterServicer(app.router, app.cache_ops, app.stats, app.fleet), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     services = (
