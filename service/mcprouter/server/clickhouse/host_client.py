@@ -13,11 +13,12 @@ store says ``Unavailable``), an error chDB raised comes back as the
 
 from __future__ import annotations
 
+import select
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from clickhouse_connect.driver import exceptions
 
@@ -42,18 +43,37 @@ class HostClient:
         Raises:
             OperationalError: The host does not answer.
         """
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout_s)
+        self._path = socket_path
+        self._timeout = timeout_s
+        self._sock, self._file = self._connect()
+
+    def _connect(self) -> tuple[socket.socket, BinaryIO]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self._timeout)
         try:
-            self._sock.connect(str(socket_path))
+            sock.connect(str(self._path))
         except OSError as exc:
-            self._sock.close()
+            sock.close()
             raise exceptions.OperationalError(
-                f"the ClickHouse host at {socket_path} does not answer: {exc}"
+                f"the ClickHouse host at {self._path} does not answer: {exc}"
             ) from exc
-        self._file = self._sock.makefile("rb")
+        return sock, sock.makefile("rb")
+
+    def _dropped(self) -> bool:
+        """True when the host closed this idle connection (it restarted, say)."""
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            # Between calls nothing may be readable; an end of stream is.
+            return bool(readable) and self._sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self._dropped():
+            # As an HTTP pool does with a stale keep-alive connection: the
+            # request never left, so a new connection may carry it.
+            self.close()
+            self._sock, self._file = self._connect()
         try:
             self._sock.sendall(encode(request))
             body = read_frame(self._file.read)
