@@ -82,6 +82,7 @@ def workers_server(launch_server: Launcher, metrics_port: int) -> Iterator[Serve
         WORKERS="2",
         METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
         STATS_PUBLISH_INTERVAL_S="0.3",
+        MAX_CONNECTION_AGE_S="2",
     ) as server:
         yield server
 
@@ -192,7 +193,7 @@ def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(
             failures += 1
     assert failures == 0
     # The supervisor restarts it; connections made from then on reach it
-    # (open ones stay where they are: SO_REUSEPORT places connections).
+    # (SO_REUSEPORT places connections, once).
     restarted: set[int] = set()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not restarted:
@@ -200,6 +201,9 @@ def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(
             restarted = worker_pids(fresh) - before
         time.sleep(0.2)
     assert restarted, before
+    # The open client's connections, moved to the survivor, come back to it
+    # too: MAX_CONNECTION_AGE_S closes them, and gRPC reconnects.
+    assert wait_for(lambda: restarted <= worker_pids(client), timeout_s=15, interval_s=0.2)
     assert not alive(victim)
     assert failures <= 2
     assert "died with exit code -9" in workers_server.log()

@@ -229,6 +229,15 @@ class Settings(BaseSettings):
         le=600,
         description="After the drain delay, seconds in-flight RPCs get to finish.",
     )
+    max_connection_age_s: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description="Close a client connection (GOAWAY, calls in flight get SHUTDOWN_GRACE_S) "
+        "after this many seconds, so clients reconnect and spread again over the workers of "
+        "`serve --workers N` (a restarted worker gets new connections only) or over replicas "
+        "behind an L4 balancer; 0: never.",
+    )
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request or response message accepted."
     )

@@ -71,14 +71,19 @@ def build_server(
     if security is None:
         security = SecurityConfig.from_settings(app.settings)
     limit = app.settings.max_message_bytes
-    server = grpc.aio.server(
-        interceptors=[*telemetry, *interceptors(security)],
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ],
-    )
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+    if app.settings.max_connection_age_s > 0:
+        # Clients reconnect (gRPC does it for them) and land anew: SO_REUSEPORT
+        # places connections once, so this is what rebalances them.
+        options += [
+            ("grpc.max_connection_age_ms", round(app.settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", round(app.settings.shutdown_grace_s * 1000)),
+        ]
+    server = grpc.aio.server(interceptors=[*telemetry, *interceptors(security)], options=options)
     router_service_pb2_grpc.add_RouterServiceServicer_to_server(
         RouterServicer(app.router, app.cache_ops, app.stats, app.fleet), server
     )
