@@ -74,8 +74,9 @@ def build_server(
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
+    if reuse_port:  # explicit, as in grpc's multiprocessing example
+        options.append(("grpc.so_reuseport", 1))
     if app.settings.max_connection_age_s > 0:
         # Clients reconnect (gRPC does it for them) and land anew: SO_REUSEPORT
         # places connections once, so this is what rebalances them.
@@ -110,12 +111,10 @@ def health_only_server(
     every worker listens on it (``reuse_port``): a probe reaches one of them,
     and all drain together.
     """
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", 4096),
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ]
-    )
+    options = [("grpc.max_receive_message_length", 4096)]
+    if reuse_port:
+        options.append(("grpc.so_reuseport", 1))
+    server = grpc.aio.server(options=options)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     return server
 
