@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +31,7 @@ from mcprouter.client import (
 )
 from tests.e2e.conftest import (
     NOT_SERVING,
+    SERVING,
     Launcher,
     ServerProcess,
     free_port,
@@ -76,11 +81,19 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def workers_server(launch_server: Launcher, metrics_port: int) -> Iterator[ServerProcess]:
+def health_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def workers_server(
+    launch_server: Launcher, metrics_port: int, health_port: int
+) -> Iterator[ServerProcess]:
     with launch_server(
         "workers",
         WORKERS="2",
         METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
+        HEALTH_LISTEN_ADDRESS=f"127.0.0.1:{health_port}",
         STATS_PUBLISH_INTERVAL_S="0.3",
         MAX_CONNECTION_AGE_S="2",
     ) as server:
@@ -94,10 +107,13 @@ def client(workers_server: ServerProcess) -> Iterator[SyncRouterClient]:
         yield c
 
 
-def test_both_workers_answer_on_one_port(client: SyncRouterClient) -> None:
+def test_both_workers_answer_on_one_port(client: SyncRouterClient, health_port: int) -> None:
     assert client.channels == CHANNELS
     pids = worker_pids(client)
     assert len(pids) == 2, pids
+    # The health-only port is shared the same way.
+    for _ in range(4):
+        assert health_status(f"127.0.0.1:{health_port}") == SERVING
 
 
 def test_a_write_on_one_worker_is_read_on_every_worker(client: SyncRouterClient) -> None:
@@ -176,6 +192,50 @@ def test_metrics_show_both_workers(metrics_port: int, client: SyncRouterClient) 
     assert page.count("# TYPE mcprouter_rpc_requests_total counter") == 1
 
 
+def cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+def test_a_killed_clickhouse_host_is_restarted_with_its_data(
+    workers_server: ServerProcess, client: SyncRouterClient
+) -> None:
+    workers = worker_pids(client)
+    others = children_of(workers_server.process.pid) - workers
+    host = {pid for pid in others if "chroma" not in cmdline(pid)}
+    assert len(host) == 1, (others, [cmdline(p) for p in others])
+    (host_pid,) = host
+    os.kill(host_pid, signal.SIGKILL)
+    now = datetime.now(UTC).replace(microsecond=0)
+    event = Event(
+        event_id="workers-after-host-restart",
+        experiment_id="workers-exp",
+        user_id="user-late",
+        variant="treatment",
+        event_type="conversion",
+        value=1.0,
+    )
+    event.timestamp.FromDatetime(now)
+    # Sent until stored: UNAVAILABLE while the host is down (the SDK resends).
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.track_events([event], timeout=10)
+            break
+        except RouterError:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+    assert not alive(host_pid)
+    client.invalidate(experiment_id="workers-exp")
+    analytics = client.get_analytics("workers-exp", now.replace(hour=0, minute=0, second=0))
+    treatment = next(v for v in analytics.value.variants if v.variant == "treatment")
+    assert treatment.exposed_users == CHANNELS + 1  # the events before the kill, and this one
+    assert any(
+        "clickhouse-host" in line and "died with exit code -9" in line
+        for line in workers_server.log().splitlines()
+    )
+
+
 def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(
     workers_server: ServerProcess, client: SyncRouterClient
 ) -> None:
@@ -209,6 +269,32 @@ def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(
     assert "died with exit code -9" in workers_server.log()
     served = client.get_experiment("workers-exp")
     assert served.value.name == "workers"
+
+
+def test_a_port_in_use_fails_the_start_at_once(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "LISTEN_ADDRESS": f"127.0.0.1:{port}",
+            "DATA_DIR": str(tmp_path / "data"),
+            "WORKERS": "2",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "mcprouter.server.cli", "serve"],
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    assert done.returncode == 1, done.stderr
+    assert "cannot listen on" in done.stderr
+    assert not (tmp_path / "data" / "valkey").exists()  # nothing was started
 
 
 def test_sigterm_drains_every_worker_and_exits_zero(launch_server: Launcher) -> None:

@@ -43,7 +43,11 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from mcprouter.server.config import Settings
-from mcprouter.server.workers.shared import OneShotThreads, open_shared_backends
+from mcprouter.server.workers.shared import (
+    OneShotThreads,
+    SharedBackends,
+    open_shared_backends,
+)
 
 log = logging.getLogger(__name__)
 
@@ -257,11 +261,26 @@ class Supervisor:
         settings = self._settings
         run_dir = Path(tempfile.mkdtemp(prefix="mcprouter-"))  # 0700: the sockets' home
         try:
-            async with open_shared_backends(settings) as shared:
-                if self._stopping.is_set():
-                    return 0
-                return await self._run_children(shared.worker_settings, shared.clickhouse_data,
-                                                run_dir)  # fmt: skip
+            with contextlib.ExitStack() as ports:
+                # First, so a port in use fails at once, before anything starts.
+                addresses: dict[str, str] = {}
+                for name in ("listen_address", "health_listen_address"):
+                    wanted = getattr(settings, name)
+                    if not wanted:
+                        continue
+                    try:
+                        addresses[name] = ports.enter_context(reserve_port(wanted))
+                    except OSError as exc:
+                        log.error("cannot listen on %s (%s): %s", wanted, name.upper(), exc)
+                        return 1
+                async with open_shared_backends(settings) as shared:
+                    if self._stopping.is_set():
+                        return 0
+                    try:
+                        return await self._run_children(shared, addresses, run_dir)
+                    except BaseException:
+                        await self._shutdown()  # no worker outlives a failed supervisor
+                        raise
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
             log.info("supervisor stopped")
@@ -272,49 +291,44 @@ class Supervisor:
         self._stopping.set()
 
     async def _run_children(
-        self, worker_settings: Settings, clickhouse_data: Path | None, run_dir: Path
+        self, shared: SharedBackends, addresses: dict[str, str], run_dir: Path
     ) -> int:
         from mcprouter.server.workers.children import clickhouse_host_target, worker_target
         from mcprouter.server.workers.metrics import open_fleet_metrics
 
         settings = self._settings
-        with contextlib.ExitStack() as ports:
-            update = {"listen_address": ports.enter_context(reserve_port(settings.listen_address))}
-            if settings.health_listen_address:
-                update["health_listen_address"] = ports.enter_context(
-                    reserve_port(settings.health_listen_address)
-                )
-            if clickhouse_data is not None:
-                socket_path = run_dir / "clickhouse.sock"
-                update["clickhouse_url"] = f"unix://{socket_path}"
-                self._host = Slot(
-                    "clickhouse-host",
-                    clickhouse_host_target(socket_path, clickhouse_data),
-                    own_group=True,
-                )
-                self._slots.append(self._host)
-                self._spawn(self._host)
-                if not await self._wait_ready([self._host]):
-                    return await self._shutdown()
-            shared = worker_settings.model_copy(update=update)
-            metrics_sockets = []
-            for index in range(self._count):
-                metrics_socket = None
-                if settings.metrics_address:
-                    metrics_socket = run_dir / f"metrics-{index}.sock"
-                metrics_sockets.append(metrics_socket)
-                slot = Slot(f"worker-{index}", worker_target(shared, index, metrics_socket))
-                self._slots.append(slot)
-                self._spawn(slot)
-            if not await self._wait_ready(self.workers):
+        update = dict(addresses)
+        if shared.clickhouse_data is not None:
+            socket_path = run_dir / "clickhouse.sock"
+            update["clickhouse_url"] = f"unix://{socket_path}"
+            self._host = Slot(
+                "clickhouse-host",
+                clickhouse_host_target(socket_path, shared.clickhouse_data),
+                own_group=True,
+            )
+            self._slots.append(self._host)
+            self._spawn(self._host)
+            if not await self._wait_ready([self._host]):
                 return await self._shutdown()
-            async with open_fleet_metrics(settings.metrics_address, self.workers, metrics_sockets):
-                log.info(
-                    "mcp-router supervisor (pid %d): %d workers serving on %s",
-                    os.getpid(), self._count, update["listen_address"],
-                )  # fmt: skip
-                await self._stopping.wait()
-                return await self._shutdown()
+        worker_settings = shared.worker_settings.model_copy(update=update)
+        metrics_sockets = []
+        for index in range(self._count):
+            metrics_socket = None
+            if settings.metrics_address:
+                metrics_socket = run_dir / f"metrics-{index}.sock"
+            metrics_sockets.append(metrics_socket)
+            slot = Slot(f"worker-{index}", worker_target(worker_settings, index, metrics_socket))
+            self._slots.append(slot)
+            self._spawn(slot)
+        if not await self._wait_ready(self.workers):
+            return await self._shutdown()
+        async with open_fleet_metrics(settings.metrics_address, self.workers, metrics_sockets):
+            log.info(
+                "mcp-router supervisor (pid %d): %d workers serving on %s",
+                os.getpid(), self._count, update["listen_address"],
+            )  # fmt: skip
+            await self._stopping.wait()
+            return await self._shutdown()
 
     async def _shutdown(self) -> int:
         self._stopping.set()
