@@ -250,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     _logging = _configure_logging(settings)  # held until main returns
     # pgserver logs every command it runs at INFO; keep its warnings only.
     logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # httpx logs every request at INFO: each Chroma server call (a health probe
+    # every HEALTH_PROBE_INTERVAL_S per process) would be a line.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command == "serve":
         os.makedirs(settings.data_dir, exist_ok=True)
         workers = _workers(args.workers, settings)
