@@ -13,7 +13,9 @@ size are used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -69,7 +71,7 @@ class BareRouter(rs_grpc.RouterServiceServicer):
     async def Stats(
         self, request: rs.StatsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> rs.StatsResponse:
-        return rs.StatsResponse()
+        return rs.StatsResponse(instance=f"bare/{os.getpid()}/0", processes=1)
 
 
 async def serve(port: int, responses: dict[str, rs.RouteDataResponse]) -> None:
@@ -78,7 +80,7 @@ async def serve(port: int, responses: dict[str, rs.RouteDataResponse]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     # GetCached and Invalidate stay UNIMPLEMENTED (the base class answers them).
     bare = BareRouter(responses)  # type: ignore[abstract]
     rs_grpc.add_RouterServiceServicer_to_server(bare, server)
@@ -93,12 +95,44 @@ async def serve(port: int, responses: dict[str, rs.RouteDataResponse]) -> None:
         await server.stop(0.5)
 
 
-def main() -> None:
-    """Entry point: ``PORT [RESPONSES.json]``."""
-    port = int(sys.argv[1])
-    responses = load_responses(Path(sys.argv[2])) if len(sys.argv) > 2 else synthetic_responses()
+def run(port: int, responses: dict[str, rs.RouteDataResponse]) -> None:
+    """One server process until SIGTERM."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(port, responses))
+
+
+def main() -> None:
+    """Entry point: ``PORT [RESPONSES.json]``; ``BARE_WORKERS=N`` forks N on the port.
+
+    With N > 1 it follows grpc's multiprocessing example, as ``serve --workers``
+    does: fork before any gRPC object exists, each child one server on the
+    port (SO_REUSEPORT); the parent forwards SIGTERM/SIGINT and waits.
+    """
+    port = int(sys.argv[1])
+    responses = load_responses(Path(sys.argv[2])) if len(sys.argv) > 2 else synthetic_responses()
+    workers = int(os.environ.get("BARE_WORKERS", "1"))
+    if workers <= 1:
+        run(port, responses)
+        return
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                run(port, responses)
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        os.waitpid(child, 0)
 
 
 if __name__ == "__main__":

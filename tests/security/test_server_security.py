@@ -217,6 +217,7 @@ async def start_server() -> AsyncIterator[ServerFactory]:
             router=Router({GET_EXPERIMENT: gate.handler}),
             cache_ops=NoRedis(),
             stats=CacheStats(),
+            fleet=None,
         )
         health = health_aio.HealthServicer()
         server = build_server(app, health, config)  # type: ignore[arg-type]

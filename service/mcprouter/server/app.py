@@ -36,6 +36,7 @@ from mcprouter.server.clickhouse.store import (
 from mcprouter.server.config import Settings
 from mcprouter.server.embedded import embedded_postgres, embedded_redis
 from mcprouter.server.errors import Unavailable
+from mcprouter.server.fleet import FleetStats
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.postgres.migrations import apply_migrations
 from mcprouter.server.postgres.pool import create_pool
@@ -83,6 +84,7 @@ class App:
     probes: Mapping[str, Probe]
     batcher: EventBatcher[Event]
     timings: StoreTimings
+    fleet: FleetStats
 
 
 def cache_policy(settings: Settings, data_type: DataType.ValueType, fresh_s: int) -> CachePolicy:
@@ -229,6 +231,12 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         cache.start()
         stack.push_async_callback(cache.aclose)
         cache_ops = RedisProcessor(cache, keyspace, state=core.state)
+        # Closed before the cache core: its last act is removing its own entry.
+        fleet = FleetStats(
+            cache.guard, keyspace, stats, interval_s=settings.stats_publish_interval_s
+        )
+        fleet.start()
+        stack.push_async_callback(fleet.aclose)
         timings = StoreTimings()
         postgres_store = PostgresStore(postgres)
         instrument(postgres_store, "postgres", TIMED["postgres"], timings)
@@ -304,6 +312,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             ),
             batcher=batcher,
             timings=timings,
+            fleet=fleet,
             probes={
                 "redis": cache_ops.ping,
                 **({"redis_state": cache_ops.ping_state} if state is not redis else {}),

@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--env-file", help="read settings from this file instead of ./.env")
+    serve.add_argument(
+        "--workers",
+        default=None,
+        metavar="N|auto",
+        help="server processes on this machine (overrides WORKERS; 'auto': one per core "
+        "available); above 1 a supervisor forks them onto the one port [default: $WORKERS or 1]",
+    )
     migrate = commands.add_parser(
         "migrate",
         help="apply pending PostgreSQL and ClickHouse migrations and exit",
@@ -184,6 +191,17 @@ def _load_settings(env_file: str | None) -> Settings:
         sys.exit(f"mcp-router: invalid configuration:\n{exc}")
 
 
+def _workers(option: str | None, settings: Settings) -> int:
+    """The worker count of ``serve``: ``--workers``, else ``WORKERS`` (``auto`` resolved)."""
+    from mcprouter.server.workers import resolve_workers
+
+    value: int | str = settings.workers if option is None else option
+    try:
+        return resolve_workers(value if value == "auto" else int(value))
+    except ValueError as exc:
+        sys.exit(f"mcp-router serve: --workers: {exc}")
+
+
 def _run(coro_factory: object) -> None:
     try:
         import uvloop
@@ -232,10 +250,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     _logging = _configure_logging(settings)  # held until main returns
     # pgserver logs every command it runs at INFO; keep its warnings only.
     logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # httpx logs every request at INFO: each Chroma server call (a health probe
+    # every HEALTH_PROBE_INTERVAL_S per process) would be a line.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command == "serve":
+        os.makedirs(settings.data_dir, exist_ok=True)
+        workers = _workers(args.workers, settings)
+        if workers > 1:
+            from mcprouter.server.workers.supervisor import run_supervisor
+
+            sys.exit(run_supervisor(settings, workers))
         from mcprouter.server.edge.server import serve
 
-        os.makedirs(settings.data_dir, exist_ok=True)
         _run(serve(settings))
     elif args.command == "migrate":
         os.makedirs(settings.data_dir, exist_ok=True)

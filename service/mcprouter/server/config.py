@@ -36,6 +36,13 @@ class Settings(BaseSettings):
         "Kubernetes gRPC probes and container healthchecks, which cannot speak TLS or send "
         "tokens; empty: off.",
     )
+    workers: int | Literal["auto"] = Field(
+        1,
+        description="Server processes on this machine ('auto': one per core available to the "
+        "process). Above 1 a supervisor starts the embedded backends once, forks the workers "
+        "(they share LISTEN_ADDRESS through SO_REUSEPORT), restarts any that dies and drains "
+        "them all on SIGTERM; `serve --workers` overrides it.",
+    )
     data_dir: Path = Field(
         Path(".mcp-router"), description="Folder for the embedded servers' data and logs."
     )
@@ -238,6 +245,15 @@ class Settings(BaseSettings):
         le=600,
         description="After the drain delay, seconds in-flight RPCs get to finish.",
     )
+    max_connection_age_s: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description="Close a client connection (GOAWAY, calls in flight get SHUTDOWN_GRACE_S) "
+        "after this many seconds, so clients reconnect and spread again over the workers of "
+        "`serve --workers N` (a restarted worker gets new connections only) or over replicas "
+        "behind an L4 balancer; 0: never.",
+    )
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request or response message accepted."
     )
@@ -276,6 +292,14 @@ class Settings(BaseSettings):
         "",
         description="host:port of the Prometheus /metrics endpoint (plain HTTP), e.g. "
         "'localhost:9464' or ':9464' for every interface; empty turns it off.",
+    )
+    stats_publish_interval_s: float = Field(
+        5.0,
+        ge=0,
+        le=3_600,
+        description="How often each process publishes its Stats counters to Redis, so that "
+        "Stats with scope FLEET sums every live process; 0: never (FLEET then reports this "
+        "process alone).",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="'json' for one JSON object per log line (with request_id), or 'text'."
@@ -316,6 +340,13 @@ class Settings(BaseSettings):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("TLS_CLIENT_CA_FILE (mutual TLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
         return self
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 1024:
+            raise ValueError("must be 'auto' or 1..1024")
+        return value
 
     @field_validator("log_format", mode="before")
     @classmethod

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -17,7 +19,13 @@ from google.protobuf.message import Message
 from mcprouter.client import _health
 from mcprouter.client import _operations as ops
 from mcprouter.client._calls import Metadata, credentials, with_request_id
-from mcprouter.client._config import RetryPolicy, TlsConfig, channel_options
+from mcprouter.client._config import (
+    DEFAULT_CHANNELS,
+    RetryPolicy,
+    TlsConfig,
+    channel_options,
+    pool_options,
+)
 from mcprouter.client._errors import Unavailable, from_rpc_error
 from mcprouter.client._results import Served
 from mcprouter.client._retry import call_with_retries
@@ -67,7 +75,7 @@ class RouterClient:
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channel: grpc.aio.Channel | Sequence[grpc.aio.Channel],
         *,
         default_timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = DEFAULT_RETRY,
@@ -77,19 +85,25 @@ class RouterClient:
         """Use an existing channel; prefer ``RouterClient.connect``.
 
         Args:
-            channel: The channel to call through. Service-config retries of
-                the idempotent RPCs are whatever that channel was built with.
+            channel: The channel to call through, or several: calls take them
+                in turn (round robin), a resent call the next one.
+                Service-config retries of the idempotent RPCs are whatever
+                the channels were built with.
             default_timeout: Seconds a call may take when it names no timeout.
             retry: Retry policy of ``RouteData`` reads and ``track_events``;
                 ``None`` disables it.
             metadata: Sent with every call (e.g. an ``authorization`` header).
-            owns_channel: Close ``channel`` in ``close()`` (``connect`` sets it).
+            owns_channel: Close the channels in ``close()`` (``connect`` sets it).
         """
         if default_timeout <= 0:
             raise ValueError("default_timeout must be positive")
-        self._channel = channel
-        self._stub = rs_grpc.RouterServiceStub(channel)
-        self._check = channel.unary_unary(_health.CHECK_METHOD, None, None)
+        channels = (channel,) if isinstance(channel, grpc.aio.Channel) else tuple(channel)
+        if not channels:
+            raise ValueError("at least one channel is needed")
+        self._channels = channels
+        self._stubs = tuple(rs_grpc.RouterServiceStub(c) for c in channels)
+        self._checks = tuple(c.unary_unary(_health.CHECK_METHOD, None, None) for c in channels)
+        self._turn = itertools.count()
         self._default_timeout = default_timeout
         self._retry = retry
         self._metadata = tuple(metadata)
@@ -107,10 +121,11 @@ class RouterClient:
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         options: Sequence[tuple[str, Any]] = (),
         metadata: Metadata = (),
+        channels: int = DEFAULT_CHANNELS,
     ) -> RouterClient:
-        """Open a channel to ``target`` (``host:port``); use it as ``async with``.
+        """Open channels to ``target`` (``host:port``); use the client as ``async with``.
 
-        The channel connects lazily, on the first call (see ``wait_until_ready``).
+        The channels connect lazily, on their first call (see ``wait_until_ready``).
 
         Args:
             target: ``host:port`` of the server.
@@ -123,6 +138,11 @@ class RouterClient:
                 client-side attempt; service-config retries happen below them).
             options: Extra channel options, e.g. ``("grpc.max_receive_message_length", n)``.
             metadata: Sent with every call, before each call's own ``metadata``.
+            channels: Channels opened, each with a TCP connection of its own;
+                calls take them in turn. Several are what spreads one client's
+                calls over the workers of ``serve --workers N`` (the kernel
+                spreads connections among them, not calls); 1 is one
+                connection. With a gRPC-aware load balancer in front, 1 is enough.
 
         Example:
             >>> async with RouterClient.connect(
@@ -131,18 +151,22 @@ class RouterClient:
             ...     print(await client.health())
             SERVING
         """
-        channel_opts = channel_options(retry, tls, tuple(options))
+        if channels < 1:
+            raise ValueError("channels must be at least 1")
         creds, auth = credentials(token, tls)
-        if creds is None:
-            channel = grpc.aio.insecure_channel(
-                target, options=channel_opts, interceptors=interceptors
-            )
-        else:
-            channel = grpc.aio.secure_channel(
-                target, creds, options=channel_opts, interceptors=interceptors
-            )
+        pool = []
+        for index in range(channels):
+            opts = channel_options(retry, tls, (*pool_options(index), *options))
+            if creds is None:
+                pool.append(
+                    grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
+                )
+            else:
+                pool.append(
+                    grpc.aio.secure_channel(target, creds, options=opts, interceptors=interceptors)
+                )
         return cls(
-            channel,
+            pool,
             default_timeout=default_timeout,
             retry=retry,
             metadata=(*auth, *metadata),
@@ -161,19 +185,33 @@ class RouterClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel if this client opened it (calls in flight are cancelled)."""
+        """Close the channels if this client opened them (calls in flight are cancelled)."""
         if self._owns_channel:
-            await self._channel.close(None)
+            for channel in self._channels:
+                await channel.close(None)
 
     async def wait_until_ready(self, timeout: float | None = None) -> None:
-        """Wait until the channel is connected, or raise ``Unavailable`` after ``timeout``."""
-        from asyncio import timeout as time_limit
-
+        """Wait until every channel is connected, or raise ``Unavailable`` after ``timeout``."""
         try:
-            async with time_limit(self._budget(timeout)):
-                await self._channel.channel_ready()
+            async with asyncio.timeout(self._budget(timeout)):
+                await asyncio.gather(*(c.channel_ready() for c in self._channels))
         except TimeoutError as exc:
             raise Unavailable("the channel did not connect in time") from exc
+
+    @property
+    def channels(self) -> int:
+        """How many channels the calls take in turn."""
+        return len(self._channels)
+
+    @property
+    def _stub(self) -> rs_grpc.RouterServiceAsyncStub:
+        """The next channel's stub (round robin)."""
+        return self._stubs[next(self._turn) % len(self._stubs)]
+
+    @property
+    def _check(self) -> Any:
+        """The next channel's health ``Check`` method."""
+        return self._checks[next(self._turn) % len(self._checks)]
 
     # -- RouteData: reads (resent on UNAVAILABLE) -------------------------------------------
 
@@ -419,10 +457,19 @@ class RouterClient:
         return response.removed
 
     async def stats(
-        self, *, timeout: float | None = None, metadata: Metadata = ()
+        self, *, fleet: bool = False, timeout: float | None = None, metadata: Metadata = ()
     ) -> rs.StatsResponse:
-        """The server process's cache counters (hit rate, per data type, Redis usage)."""
-        return await self._call(self._stub.Stats, rs.StatsRequest(), timeout, metadata)
+        """Cache counters (hit rate, per data type, Redis usage).
+
+        Args:
+            fleet: Sum every live server process sharing the server's Redis
+                (each publishes every few seconds; ``max_age`` says how old the
+                oldest figures are); by default, the answering process's own.
+            timeout: Seconds for the call.
+            metadata: Extra metadata of this call.
+        """
+        request = rs.StatsRequest(scope=rs.STATS_SCOPE_FLEET if fleet else rs.STATS_SCOPE_PROCESS)
+        return await self._call(self._stub.Stats, request, timeout, metadata)
 
     async def health(
         self, service: str = "", *, timeout: float | None = None, metadata: Metadata = ()

@@ -139,6 +139,22 @@ def service_config(retry: RetryPolicy | None) -> dict[str, Any]:
     }
 
 
+DEFAULT_CHANNELS = 4
+"""Channels ``connect`` opens: several TCP connections, so the calls of one client
+spread over the workers of ``serve --workers N`` (SO_REUSEPORT spreads connections,
+not calls) and over servers behind a connection-level (L4) balancer."""
+
+
+def pool_options(index: int) -> list[tuple[str, Any]]:
+    """Options that give channel ``index`` of a pool a TCP connection of its own.
+
+    gRPC shares one connection among channels with equal targets and options
+    (its global subchannel pool); a local pool per channel, and an option
+    that differs per channel, keep them apart.
+    """
+    return [("grpc.use_local_subchannel_pool", 1), ("mcprouter.channel_index", index)]
+
+
 def channel_options(
     retry: RetryPolicy | None,
     tls: TlsConfig | None,

@@ -7,6 +7,8 @@ synchronous channel, so it is safe to share between threads.
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -19,7 +21,13 @@ from mcprouter.client import _health
 from mcprouter.client import _operations as ops
 from mcprouter.client._calls import Metadata, credentials, with_request_id
 from mcprouter.client._client import DEFAULT_RETRY, DEFAULT_TIMEOUT_S
-from mcprouter.client._config import RetryPolicy, TlsConfig, channel_options
+from mcprouter.client._config import (
+    DEFAULT_CHANNELS,
+    RetryPolicy,
+    TlsConfig,
+    channel_options,
+    pool_options,
+)
 from mcprouter.client._errors import Unavailable, from_rpc_error
 from mcprouter.client._results import Served
 from mcprouter.client._retry import call_with_retries_sync
@@ -49,19 +57,23 @@ class SyncRouterClient:
 
     def __init__(
         self,
-        channel: grpc.Channel,
+        channel: grpc.Channel | Sequence[grpc.Channel],
         *,
         default_timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = DEFAULT_RETRY,
         metadata: Metadata = (),
         owns_channel: bool = False,
     ) -> None:
-        """Use an existing channel; prefer ``SyncRouterClient.connect``."""
+        """Use existing channels (taken in turn); prefer ``SyncRouterClient.connect``."""
         if default_timeout <= 0:
             raise ValueError("default_timeout must be positive")
-        self._channel = channel
-        self._stub = rs_grpc.RouterServiceStub(channel)
-        self._check = channel.unary_unary(_health.CHECK_METHOD, None, None)
+        channels = (channel,) if isinstance(channel, grpc.Channel) else tuple(channel)
+        if not channels:
+            raise ValueError("at least one channel is needed")
+        self._channels = channels
+        self._stubs = tuple(rs_grpc.RouterServiceStub(c) for c in channels)
+        self._checks = tuple(c.unary_unary(_health.CHECK_METHOD, None, None) for c in channels)
+        self._turn = itertools.count()
         self._default_timeout = default_timeout
         self._retry = retry
         self._metadata = tuple(metadata)
@@ -79,19 +91,25 @@ class SyncRouterClient:
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor[Any, Any]] = (),
         options: Sequence[tuple[str, Any]] = (),
         metadata: Metadata = (),
+        channels: int = DEFAULT_CHANNELS,
     ) -> SyncRouterClient:
-        """Open a channel to ``target``; the arguments are ``RouterClient.connect``'s."""
-        channel_opts = channel_options(retry, tls, tuple(options))
+        """Open channels to ``target``; the arguments are ``RouterClient.connect``'s."""
+        if channels < 1:
+            raise ValueError("channels must be at least 1")
         creds, auth = credentials(token, tls)
-        channel = (
-            grpc.insecure_channel(target, options=channel_opts)
-            if creds is None
-            else grpc.secure_channel(target, creds, options=channel_opts)
-        )
-        if interceptors:
-            channel = grpc.intercept_channel(channel, *interceptors)
+        pool = []
+        for index in range(channels):
+            opts = channel_options(retry, tls, (*pool_options(index), *options))
+            channel = (
+                grpc.insecure_channel(target, options=opts)
+                if creds is None
+                else grpc.secure_channel(target, creds, options=opts)
+            )
+            if interceptors:
+                channel = grpc.intercept_channel(channel, *interceptors)
+            pool.append(channel)
         return cls(
-            channel,
+            pool,
             default_timeout=default_timeout,
             retry=retry,
             metadata=(*auth, *metadata),
@@ -110,16 +128,35 @@ class SyncRouterClient:
         self.close()
 
     def close(self) -> None:
-        """Close the channel if this client opened it."""
+        """Close the channels if this client opened them."""
         if self._owns_channel:
-            self._channel.close()
+            for channel in self._channels:
+                channel.close()
 
     def wait_until_ready(self, timeout: float | None = None) -> None:
-        """Wait until the channel is connected, or raise ``Unavailable`` after ``timeout``."""
+        """Wait until every channel is connected, or raise ``Unavailable`` after ``timeout``."""
+        deadline = time.monotonic() + self._budget(timeout)
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=self._budget(timeout))
+            for channel in self._channels:
+                left = max(0.0, deadline - time.monotonic())
+                grpc.channel_ready_future(channel).result(timeout=left)
         except grpc.FutureTimeoutError as exc:
             raise Unavailable("the channel did not connect in time") from exc
+
+    @property
+    def channels(self) -> int:
+        """How many channels the calls take in turn."""
+        return len(self._channels)
+
+    @property
+    def _stub(self) -> rs_grpc.RouterServiceStub:
+        """The next channel's stub (round robin; ``next`` on a count is thread-safe)."""
+        return self._stubs[next(self._turn) % len(self._stubs)]
+
+    @property
+    def _check(self) -> Any:
+        """The next channel's health ``Check`` method."""
+        return self._checks[next(self._turn) % len(self._checks)]
 
     # -- RouteData ------------------------------------------------------------------------
 
@@ -251,9 +288,12 @@ class SyncRouterClient:
         )
         return self._call(self._stub.Invalidate, request, timeout, metadata).removed
 
-    def stats(self, *, timeout: float | None = None, metadata: Metadata = ()) -> rs.StatsResponse:
+    def stats(
+        self, *, fleet: bool = False, timeout: float | None = None, metadata: Metadata = ()
+    ) -> rs.StatsResponse:
         """See ``RouterClient.stats``."""
-        return self._call(self._stub.Stats, rs.StatsRequest(), timeout, metadata)
+        request = rs.StatsRequest(scope=rs.STATS_SCOPE_FLEET if fleet else rs.STATS_SCOPE_PROCESS)
+        return self._call(self._stub.Stats, request, timeout, metadata)
 
     def health(
         self, service: str = "", *, timeout: float | None = None, metadata: Metadata = ()

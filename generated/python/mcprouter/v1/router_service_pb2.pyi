@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mcprouter.v1 import events_pb2 as _events_pb2
 from mcprouter.v1 import experiment_pb2 as _experiment_pb2
 from mcprouter.v1 import search_pb2 as _search_pb2
@@ -23,6 +24,46 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _StatsScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatsScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatsScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATS_SCOPE_UNSPECIFIED: _StatsScope.ValueType  # 0
+    """STATS_SCOPE_UNSPECIFIED is read as STATS_SCOPE_PROCESS."""
+    STATS_SCOPE_PROCESS: _StatsScope.ValueType  # 1
+    """STATS_SCOPE_PROCESS reports the server process that answers (one worker
+    of `serve --workers N`, or the one process of a single server).
+    """
+    STATS_SCOPE_FLEET: _StatsScope.ValueType  # 2
+    """STATS_SCOPE_FLEET sums every live server process that shares this Redis
+    and key namespace (every worker of every machine): each publishes its
+    counters to Redis every STATS_PUBLISH_INTERVAL_S (5 s), so another
+    process's figures are at most that old (max_age says how old); a process
+    silent for three intervals is left out, so a stopped process's counts
+    leave the sums.
+    """
+
+class StatsScope(_StatsScope, metaclass=_StatsScopeEnumTypeWrapper):
+    """StatsScope says whose counters Stats reports."""
+
+STATS_SCOPE_UNSPECIFIED: StatsScope.ValueType  # 0
+"""STATS_SCOPE_UNSPECIFIED is read as STATS_SCOPE_PROCESS."""
+STATS_SCOPE_PROCESS: StatsScope.ValueType  # 1
+"""STATS_SCOPE_PROCESS reports the server process that answers (one worker
+of `serve --workers N`, or the one process of a single server).
+"""
+STATS_SCOPE_FLEET: StatsScope.ValueType  # 2
+"""STATS_SCOPE_FLEET sums every live server process that shares this Redis
+and key namespace (every worker of every machine): each publishes its
+counters to Redis every STATS_PUBLISH_INTERVAL_S (5 s), so another
+process's figures are at most that old (max_age says how old); a process
+silent for three intervals is left out, so a stopped process's counts
+leave the sums.
+"""
+Global___StatsScope: _TypeAlias = StatsScope  # noqa: Y015
 
 @_typing.final
 class GetExperimentOperation(_message.Message):
@@ -726,16 +767,21 @@ Global___InvalidateResponse: _TypeAlias = InvalidateResponse  # noqa: Y015
 
 @_typing.final
 class StatsRequest(_message.Message):
-    """StatsRequest asks for the counters; it has no parameters."""
+    """StatsRequest asks for the counters."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    SCOPE_FIELD_NUMBER: _builtins.int
+    scope: Global___StatsScope.ValueType
+    """scope selects this process (the default) or the whole fleet."""
     def __init__(
         self,
+        *,
+        scope: Global___StatsScope.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -828,6 +874,11 @@ class StatsResponse(_message.Message):
     REDIS_KEY_COUNT_FIELD_NUMBER: _builtins.int
     REDIS_AVAILABLE_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    PROCESSES_FIELD_NUMBER: _builtins.int
+    MAX_AGE_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
     hit_rate: _builtins.float
     """hit_rate is (hits + negative hits + stale) / (hits + negative hits +
     misses): the share of cached reads answered without the store; 0 with none.
@@ -848,13 +899,31 @@ class StatsResponse(_message.Message):
     """redis_key_count is the number of keys in the Redis database in use."""
     redis_available: _builtins.bool
     """redis_available is false when Redis could not be asked for its figures."""
+    scope: Global___StatsScope.ValueType
+    """scope is whose counters these are (PROCESS or FLEET, never UNSPECIFIED)."""
+    instance: _builtins.str
+    """instance names the process that answered: host/pid/random suffix."""
+    processes: _builtins.int
+    """processes is how many server processes were summed (1 for PROCESS)."""
     @_builtins.property
     def data_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataTypeStats]:
         """data_types holds the counters per data type."""
 
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
-        """started_at is when this server process started counting."""
+        """started_at is when this server process started counting (FLEET: the
+        earliest start among the processes summed).
+        """
+
+    @_builtins.property
+    def max_age(self) -> _duration_pb2.Duration:
+        """max_age is the age of the oldest published counters included (FLEET);
+        the answering process's own counters are read live (zero for PROCESS).
+        """
+
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """instances lists the processes summed, the answering one first."""
 
     def __init__(
         self,
@@ -870,10 +939,15 @@ class StatsResponse(_message.Message):
         redis_key_count: _builtins.int = ...,
         redis_available: _builtins.bool = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
+        scope: Global___StatsScope.ValueType = ...,
+        instance: _builtins.str = ...,
+        processes: _builtins.int = ...,
+        max_age: _duration_pb2.Duration | None = ...,
+        instances: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_age", b"max_age", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_types", b"data_types", "dedup_hits", b"dedup_hits", "hit_rate", b"hit_rate", "invalidations", b"invalidations", "redis_available", b"redis_available", "redis_errors", b"redis_errors", "redis_key_count", b"redis_key_count", "redis_used_memory_bytes", b"redis_used_memory_bytes", "started_at", b"started_at", "store_queries_avoided", b"store_queries_avoided", "total_operations", b"total_operations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_types", b"data_types", "dedup_hits", b"dedup_hits", "hit_rate", b"hit_rate", "instance", b"instance", "instances", b"instances", "invalidations", b"invalidations", "max_age", b"max_age", "processes", b"processes", "redis_available", b"redis_available", "redis_errors", b"redis_errors", "redis_key_count", b"redis_key_count", "redis_used_memory_bytes", b"redis_used_memory_bytes", "scope", b"scope", "started_at", b"started_at", "store_queries_avoided", b"store_queries_avoided", "total_operations", b"total_operations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

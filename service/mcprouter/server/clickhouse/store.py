@@ -44,7 +44,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -52,6 +53,8 @@ from clickhouse_connect.driver.client import Client
 
 from mcprouter.server.budget import remaining
 from mcprouter.server.clickhouse.failures import translate
+from mcprouter.server.clickhouse.host_client import SCHEME as HOST_SCHEME
+from mcprouter.server.clickhouse.host_client import HostClient
 from mcprouter.server.clickhouse.lanes import Lane
 from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
 from mcprouter.server.errors import StoreClosed
@@ -280,6 +283,11 @@ def embedded_clickhouse_url(data_dir: str | os.PathLike[str]) -> str:
 
 def _connect(url: str, timeout_s: float, send_receive_timeout_s: float) -> Client:
     scheme = urlsplit(url).scheme
+    if scheme == HOST_SCHEME:
+        # The ClickHouse host of `serve --workers N` (host_client): the same
+        # calls, so it stands in for a clickhouse-connect client.
+        host = HostClient(Path(urlsplit(url).path), timeout_s=send_receive_timeout_s)
+        return cast(Client, host)
     if scheme == "chdb":
         path = urlsplit(url).path
         if path:
@@ -308,7 +316,9 @@ async def open_clickhouse(
 
     Args:
         url: ``chdb:///abs/path`` (embedded engine, in-process; one path per
-            process) or ``http(s)://user:pass@host:8123/db``.
+            process), ``http(s)://user:pass@host:8123/db``, or
+            ``unix:///abs/socket``: the ClickHouse host that owns the embedded
+            engine under ``serve --workers N`` (``host``; set by the supervisor).
         connect_timeout_s: TCP connect timeout of the HTTP clients.
         send_receive_timeout_s: Socket timeout of the HTTP clients (bounds an insert).
         query_workers: Reads that may run at once.
@@ -322,7 +332,7 @@ async def open_clickhouse(
         ValueError: The URL's scheme is neither ``chdb`` nor ``http(s)``.
     """
     scheme = urlsplit(url).scheme
-    if scheme not in ("chdb", "http", "https"):
+    if scheme not in ("chdb", "http", "https", HOST_SCHEME):
         raise ValueError(f"unsupported ClickHouse URL scheme {scheme!r}: use chdb:// or http(s)://")
     connect = functools.partial(_connect, url, connect_timeout_s, send_receive_timeout_s)
     inserts = Lane("clickhouse-insert", connect, workers=insert_workers)

@@ -8,6 +8,7 @@ from google.protobuf.message import DecodeError, Message
 
 from mcprouter.server import keys
 from mcprouter.server.cache import envelope
+from mcprouter.server.fleet import FleetView
 from mcprouter.server.operations import Operation
 from mcprouter.server.redis.processor import RawEntry, RedisFigures
 from mcprouter.server.router import RouteResult
@@ -70,9 +71,16 @@ def get_cached_response(raws: list[RawEntry]) -> rs.GetCachedResponse:
     return rs.GetCachedResponse(entries=entries, hits=hits, misses=len(entries) - hits)
 
 
-def stats_response(snapshot: StatsSnapshot, figures: RedisFigures | None) -> rs.StatsResponse:
-    """The Stats response: process counters plus Redis figures when reachable."""
+def stats_response(
+    snapshot: StatsSnapshot,
+    figures: RedisFigures | None,
+    *,
+    scope: rs.StatsScope.ValueType = rs.STATS_SCOPE_PROCESS,
+    view: FleetView | None = None,
+) -> rs.StatsResponse:
+    """The Stats response: counters (of ``scope``) plus Redis figures when reachable."""
     response = rs.StatsResponse(
+        scope=scope,
         hit_rate=snapshot.hit_rate,
         total_operations=snapshot.total_operations,
         store_queries_avoided=snapshot.store_queries_avoided,
@@ -82,6 +90,11 @@ def stats_response(snapshot: StatsSnapshot, figures: RedisFigures | None) -> rs.
         redis_available=figures is not None,
     )
     response.started_at.FromDatetime(snapshot.started_at)
+    if view is not None:
+        response.instance = view.instances[0]
+        response.instances.extend(view.instances)
+        response.processes = len(view.instances)
+        response.max_age.FromMilliseconds(round(view.max_age_s * 1000))
     if figures is not None:
         response.redis_used_memory_bytes = figures.used_memory_bytes
         response.redis_key_count = figures.key_count

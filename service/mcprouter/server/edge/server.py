@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -24,6 +25,7 @@ from mcprouter.server.edge.security import SecurityConfig, add_port
 from mcprouter.server.edge.servicer import RouterServicer
 from mcprouter.server.edge.status import ErrorTranslationInterceptor
 from mcprouter.server.observability import open_observability
+from mcprouter.server.workers.role import WorkerRole
 from mcprouter.v1 import router_service_pb2, router_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -57,25 +59,34 @@ def build_server(
     security: SecurityConfig | None = None,
     *,
     telemetry: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """A grpc.aio server with every service registered (not started, no port).
 
     ``security`` defaults to the one ``app.settings`` describes; listen with
     ``security.add_port`` so TLS applies. ``telemetry`` interceptors go
     outermost, so they see every call as the client does (refusals included).
+    ``reuse_port`` lets the workers of ``serve --workers N`` share the port.
     """
     if security is None:
         security = SecurityConfig.from_settings(app.settings)
     limit = app.settings.max_message_bytes
-    server = grpc.aio.server(
-        interceptors=[*telemetry, *interceptors(security)],
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-        ],
-    )
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+    ]
+    if reuse_port:  # explicit, as in grpc's multiprocessing example
+        options.append(("grpc.so_reuseport", 1))
+    if app.settings.max_connection_age_s > 0:
+        # Clients reconnect (gRPC does it for them) and land anew: SO_REUSEPORT
+        # places connections once, so this is what rebalances them.
+        options += [
+            ("grpc.max_connection_age_ms", round(app.settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", round(app.settings.shutdown_grace_s * 1000)),
+        ]
+    server = grpc.aio.server(interceptors=[*telemetry, *interceptors(security)], options=options)
     router_service_pb2_grpc.add_RouterServiceServicer_to_server(
-        RouterServicer(app.router, app.cache_ops, app.stats), server
+        RouterServicer(app.router, app.cache_ops, app.stats, app.fleet), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     services = (
@@ -89,19 +100,31 @@ def build_server(
     return server
 
 
-def health_only_server(health: health_aio.HealthServicer) -> grpc.aio.Server:
+def health_only_server(
+    health: health_aio.HealthServicer, *, reuse_port: bool = False
+) -> grpc.aio.Server:
     """A server with the health service alone (``HEALTH_LISTEN_ADDRESS``).
 
     Plaintext on purpose: kubelet's gRPC probes speak neither TLS nor tokens.
     It exposes no data, only the statuses, and turns NOT_SERVING with the
-    main port, so readiness follows the drain.
+    main port, so readiness follows the drain. Under ``serve --workers N``
+    every worker listens on it (``reuse_port``): a probe reaches one of them,
+    and all drain together.
     """
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4096)])
+    options = [("grpc.max_receive_message_length", 4096)]
+    if reuse_port:
+        options.append(("grpc.so_reuseport", 1))
+    server = grpc.aio.server(options=options)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     return server
 
 
-async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[int], None] | None = None,
+    worker: WorkerRole | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully.
 
     Shutdown order: health turns NOT_SERVING, and the server keeps serving
@@ -109,6 +132,10 @@ async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = 
     away before anything is refused; then it stops accepting and gives
     in-flight RPCs ``shutdown_grace_s``; then pools, pending follow-ups and
     embedded servers close (``open_app``'s exit).
+
+    ``worker`` is set in a worker of ``serve --workers N``: its ports are
+    shared with its siblings (SO_REUSEPORT) and its metrics go to the
+    supervisor over a Unix socket (``workers/``).
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -124,15 +151,23 @@ async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = 
         )
         security = SecurityConfig.from_settings(settings)
         observability = await stack.enter_async_context(
-            open_observability(settings, app, backends=monitor.backend_status)
+            open_observability(
+                settings,
+                app,
+                backends=monitor.backend_status,
+                metrics_socket=None if worker is None else worker.metrics_socket,
+            )
         )
-        server = build_server(app, health, security, telemetry=observability.interceptors)
+        shared = worker is not None
+        server = build_server(
+            app, health, security, telemetry=observability.interceptors, reuse_port=shared
+        )
         port = add_port(server, settings.listen_address, security)
         if port == 0:
             raise RuntimeError(f"could not listen on {settings.listen_address}")
         health_only: grpc.aio.Server | None = None
         if settings.health_listen_address:
-            health_only = health_only_server(health)
+            health_only = health_only_server(health, reuse_port=shared)
             if health_only.add_insecure_port(settings.health_listen_address) == 0:
                 raise RuntimeError(f"could not listen on {settings.health_listen_address}")
         try:
@@ -142,7 +177,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[int], None] | None = 
                 await health_only.start()
             await server.start()
             log.info(
-                "mcp-router serving on %s (port %d, %s, %s); operations: %s",
+                "mcp-router %sserving on %s (port %d, %s, %s); operations: %s",
+                "" if worker is None else f"worker {worker.index} (pid {os.getpid()}) ",
                 settings.listen_address,
                 port,
                 "mutual TLS" if security.mutual_tls else "TLS" if security.tls else "plaintext",

@@ -14,6 +14,7 @@ import grpc
 from mcprouter.server import request_checks as checks
 from mcprouter.server.edge.responses import get_cached_response, route_response, stats_response
 from mcprouter.server.errors import CacheUnavailable
+from mcprouter.server.fleet import FleetStats, FleetView
 from mcprouter.server.operations import validated
 from mcprouter.server.redis.processor import RedisFigures, RedisProcessor
 from mcprouter.server.router import Router
@@ -27,10 +28,17 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class RouterServicer(rs_grpc.RouterServiceServicer):
     """Implements the four RPCs of RouterService."""
 
-    def __init__(self, router: Router, cache_ops: RedisProcessor, stats: CacheStats) -> None:
+    def __init__(
+        self,
+        router: Router,
+        cache_ops: RedisProcessor,
+        stats: CacheStats,
+        fleet: FleetStats | None = None,
+    ) -> None:
         self._router = router
         self._cache_ops = cache_ops
         self._stats = stats
+        self._fleet = fleet
 
     async def RouteData(
         self, request: rs.RouteDataRequest, context: Context
@@ -69,10 +77,18 @@ class RouterServicer(rs_grpc.RouterServiceServicer):
         return rs.InvalidateResponse(removed=removed)
 
     async def Stats(self, request: rs.StatsRequest, context: Context) -> rs.StatsResponse:
-        """Report the counters; Redis figures are omitted (not failed) when it is down."""
+        """Report this process's counters, or the fleet's; Redis figures omitted when down."""
         figures: RedisFigures | None
         try:
             figures = await self._cache_ops.figures()
         except CacheUnavailable:
             figures = None
-        return stats_response(self._stats.snapshot(), figures)
+        fleet = self._fleet
+        if request.scope == rs.STATS_SCOPE_FLEET:
+            view = FleetView(self._stats.snapshot(), ("",), 0.0)
+            if fleet is not None:
+                view = await fleet.fleet()
+            return stats_response(view.snapshot, figures, scope=rs.STATS_SCOPE_FLEET, view=view)
+        instance = "" if fleet is None else fleet.instance
+        view = FleetView(self._stats.snapshot(), (instance,), 0.0)
+        return stats_response(view.snapshot, figures, scope=rs.STATS_SCOPE_PROCESS, view=view)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
@@ -54,6 +55,7 @@ async def open_observability(
     app: App,
     *,
     backends: Mapping[str, int] | None = None,
+    metrics_socket: Path | None = None,
 ) -> AsyncIterator[Observability]:
     """Start the metrics endpoint and tracing as configured; stop them on exit.
 
@@ -61,13 +63,15 @@ async def open_observability(
         settings: The server's settings.
         app: The running app, whose counters the metrics read.
         backends: Backend name → health status, kept current by the health monitor.
+        metrics_socket: Serve the metrics on this Unix socket (a worker of
+            ``serve --workers N``, whose supervisor serves ``METRICS_ADDRESS``).
     """
     async with AsyncExitStack() as stack:
         registry: CollectorRegistry | None = None
         rpc_metrics: RpcMetrics | None = None
         port: int | None = None
-        if settings.metrics_address:
-            host, wanted = parse_address(settings.metrics_address)
+        if settings.metrics_address or metrics_socket is not None:
+            host, wanted = (None, 0) if metrics_socket else parse_address(settings.metrics_address)
             # A `_created` series per counter doubles the series count for
             # nothing a dashboard uses (process-global switch).
             disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -81,7 +85,7 @@ async def open_observability(
             )
             registry.register(RuntimeCollector(app))
             ProcessCollector(registry=registry)  # CPU, memory, open files of this process
-            endpoint = MetricsEndpoint(registry, host, wanted)
+            endpoint = MetricsEndpoint(registry, host, wanted, path=metrics_socket)
             port = await endpoint.start()
             stack.push_async_callback(endpoint.aclose)
         tracing: Tracing | None = start_tracing() if settings.otel_enabled else None

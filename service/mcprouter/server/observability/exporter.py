@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -24,16 +26,43 @@ MAX_LINE_BYTES = 8192
 
 
 class MetricsEndpoint:
-    """Serves one registry over plain HTTP on ``host:port``."""
+    """Serves one registry over plain HTTP on ``host:port`` (or a Unix socket)."""
 
-    def __init__(self, registry: CollectorRegistry, host: str | None, port: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str | None,
+        port: int,
+        *,
+        path: Path | None = None,
+        before_scrape: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Serve ``registry``.
+
+        Args:
+            registry: What a scrape renders.
+            host: Interface to listen on (``None``: every one).
+            port: TCP port (0: any free one).
+            path: Listen on this Unix socket instead of TCP (a worker of
+                ``serve --workers N`` serving its supervisor).
+            before_scrape: Awaited before each scrape renders (the supervisor
+                gathers its workers' metrics there).
+        """
         self._registry = registry
         self._host = host
         self._port = port
+        self._path = path
+        self._before_scrape = before_scrape
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
-        """Listen; return the bound port (useful with port 0)."""
+        """Listen; return the bound port (useful with port 0; 0 on a Unix socket)."""
+        if self._path is not None:
+            self._server = await asyncio.start_unix_server(
+                self._handle, str(self._path), limit=MAX_LINE_BYTES
+            )
+            log.debug("metrics on unix:%s", self._path)
+            return 0
         self._server = await asyncio.start_server(
             self._handle, self._host, self._port, limit=MAX_LINE_BYTES
         )
@@ -61,6 +90,8 @@ class MetricsEndpoint:
                     name, _, value = line.decode("latin-1").partition(":")
                     if name.strip().lower() == "accept":
                         accept = value.strip()
+                if self._before_scrape is not None:
+                    await self._before_scrape()
             status, content_type, body = self._respond(request_line, accept)
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
