@@ -366,8 +366,24 @@ async def test_exempt_methods_can_be_narrowed(start_server: ServerFactory) -> No
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await watch.read()
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reflect = reflection_pb2_grpc.ServerReflectionStub(ch)
+        listing = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            [r async for r in reflect.ServerReflectionInfo(listing, timeout=5)]
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
         auth = (("authorization", f"Bearer {TOKEN}"),)
         assert await health_check(ch, metadata=auth) == health_pb2.HealthCheckResponse.SERVING
+        # Streams in both directions pass once the token checks out.
+        watch = health_pb2_grpc.HealthStub(ch).Watch(
+            health_pb2.HealthCheckRequest(), timeout=5, metadata=auth
+        )
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        listing = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        replies = [r async for r in reflect.ServerReflectionInfo(listing, timeout=5, metadata=auth)]
+        names = {s.name for s in replies[0].list_services_response.service}
+        assert "mcprouter.v1.RouterService" in names
 
 
 def test_token_config_is_parsed_and_never_shown(tmp_path: Path) -> None:
@@ -464,3 +480,27 @@ async def test_remaining_binds_only_the_task_that_set_it() -> None:
     finally:
         deadlines.set_timeout(None)
     assert deadlines.remaining(None) is None
+
+
+@pytest.mark.parametrize("tokens", [(), (TOKEN,)], ids=["open", "with-auth"])
+async def test_a_body_that_does_not_parse_is_invalid_argument(
+    start_server: ServerFactory, tokens: tuple[str, ...]
+) -> None:
+    running = await start_server(SecurityConfig(auth_tokens=tokens))
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+    async with channel(running) as ch:
+        route_data = ch.unary_unary("/mcprouter.v1.RouterService/RouteData")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await route_data(b"\xff\xff\xff\x01", timeout=5, metadata=auth)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "RouteDataRequest" in (caught.value.details() or "")
+        assert error_info(caught.value).reason == "INVALID_ARGUMENT"
+        if tokens:  # without a token, the body is refused before it is read
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await route_data(b"\xff\xff\xff\x01", timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The server is unharmed and a well-formed call still works.
+        stub = rs_grpc.RouterServiceStub(ch)
+        reply = await stub.RouteData(GET, timeout=5, metadata=auth)
+        assert reply.experiment.experiment_id == "exp-1"
+    assert running.gate.entered == 1

@@ -1,7 +1,7 @@
 """The caller's time budget, carried from the edge down to every store call.
 
 ``grpc.aio`` does not pass a deadline downstream by itself (grpc #25719). The
-edge (``deadlines.DeadlineInterceptor``) records the *absolute* deadline of a
+edge (``edge/deadlines.py``) records the *absolute* deadline of a
 call (``time.monotonic()`` based) in a context variable when the call starts;
 store and Redis calls bound their own timeouts with ``remaining()``, so a call
 past its deadline leaves no query running. Nothing here knows gRPC.

@@ -1,7 +1,7 @@
 """Bounds on what one request may carry, in one place.
 
 The edge validates every request against these before anything runs
-(``edge/request_validation.py``), and the stores that depend on them (Chroma's
+(``request_checks.py``), and the stores that depend on them (Chroma's
 filters and dimensions) import them from here, so the two can never disagree.
 """
 

@@ -1,28 +1,25 @@
 """The gRPC edge of the time budget: each call's deadline, recorded for ``budget``.
 
-``DeadlineInterceptor`` reads ``context.time_remaining()`` when a call starts
+``DEADLINES`` (a ``wrapping.Layer``) reads ``context.time_remaining()`` when a call starts
 and records it with ``budget.set_timeout``; store calls bound their timeouts
 with ``budget.remaining()`` (see ``budget`` for which tasks it binds).
 
 A store call cut short by the deadline raises ``TimeoutError``; the
-interceptor turns one that escapes the handler after the deadline into
+layer turns one that escapes the handler after the deadline into
 ``DeadlineExceeded`` (DEADLINE_EXCEEDED with an ``ErrorInfo``) instead of an
-INTERNAL "bug". Place it inside ``ErrorTranslationInterceptor``. (The client
+INTERNAL "bug". Place it inside ``status.ERROR_TRANSLATION``. (The client
 sees DEADLINE_EXCEEDED from its own gRPC runtime either way.)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from mcprouter.server.budget import set_timeout, spent
-from mcprouter.server.edge.wrapping import Behavior, Continuation, WrappedHandlers
+from mcprouter.server.edge.wrapping import Behavior, unary_layer
 from mcprouter.server.errors import DeadlineExceeded
-
-if TYPE_CHECKING:
-    from mcprouter.server.edge.wrapping import Handler
 
 
 def _with_deadline(behavior: Behavior) -> Behavior:
@@ -42,20 +39,5 @@ def _with_deadline(behavior: Behavior) -> Behavior:
     return wrapper
 
 
-class DeadlineInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Records each unary call's deadline for ``remaining()``.
-
-    Wrapped handlers are built once per method and reused (as in
-    ``ErrorTranslationInterceptor``), so the per-call cost is one
-    ``time_remaining()`` and one context-variable set.
-    """
-
-    def __init__(self) -> None:
-        self._handlers = WrappedHandlers(lambda behavior, _method: _with_deadline(behavior))
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler:
-        """Wrap the method's unary handler so it runs under the caller's deadline."""
-        handler = await continuation(handler_call_details)
-        return self._handlers.wrapped(handler, handler_call_details.method)
+# Per call: one ``time_remaining()`` and one context-variable set.
+DEADLINES = unary_layer(lambda behavior, _method: _with_deadline(behavior))

@@ -15,14 +15,14 @@ work, so they pass unbounded.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from mcprouter.server.edge.auth import method_matches
 from mcprouter.server.edge.status import to_rpc_status
-from mcprouter.server.edge.wrapping import Behavior, WrappedHandlers
+from mcprouter.server.edge.wrapping import Behavior, with_unary
 from mcprouter.server.errors import ResourceExhausted
 
 if TYPE_CHECKING:
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 UNBOUNDED_METHODS = ("/grpc.health.v1.Health/*",)
 
 
-class InFlightLimiter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses unary calls beyond ``limit`` running at once.
+class InFlightLimiter:
+    """A ``wrapping.Layer`` that refuses unary calls beyond ``limit`` running at once.
 
     Attributes:
         refused: Calls refused so far (for metrics).
@@ -52,7 +52,6 @@ class InFlightLimiter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 metadata={"limit": str(limit)},
             )
         )
-        self._handlers = WrappedHandlers(lambda behavior, _method: self._bounded(behavior))
 
     @property
     def in_flight(self) -> int:
@@ -73,18 +72,8 @@ class InFlightLimiter(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return wrapper
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        """Wrap the method's unary handler with the bound (built once per method)."""
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if (
-            handler is None
-            or handler.unary_unary is None
-            or method_matches(method, self._unbounded)
-        ):
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        """Bound the method's unary calls; streams and health checks pass."""
+        if handler.unary_unary is None or method_matches(method, self._unbounded):
             return handler
-        return self._handlers.wrapped(handler, method)
+        return with_unary(handler, self._bounded(handler.unary_unary))  # type: ignore[arg-type]

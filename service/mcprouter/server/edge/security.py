@@ -2,8 +2,8 @@
 
 ``SecurityConfig`` gathers what ``build_server``/``serve`` need from
 ``Settings``: TLS (certificate and key files; mutual TLS when a client CA
-file is set), bearer tokens (``auth.AuthInterceptor``), the methods reachable
-without a token, and the in-flight bound (``limits.InFlightLimiter``).
+file is set), bearer tokens (``auth.BearerAuth``), the methods reachable
+without a token, and the in-flight bound (``inflight.InFlightLimiter``).
 Tests build one directly; the server builds it with ``from_settings``.
 """
 

@@ -16,14 +16,15 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from mcprouter.server.app import App, open_app
 from mcprouter.server.config import Settings
-from mcprouter.server.edge.auth import AuthInterceptor
-from mcprouter.server.edge.deadlines import DeadlineInterceptor
+from mcprouter.server.edge.auth import BearerAuth
+from mcprouter.server.edge.deadlines import DEADLINES
 from mcprouter.server.edge.health import HealthMonitor, HealthService
 from mcprouter.server.edge.inflight import InFlightLimiter
 from mcprouter.server.edge.reflection import DocumentedReflectionServicer, documented_files
 from mcprouter.server.edge.security import SecurityConfig, add_port
 from mcprouter.server.edge.servicer import RouterServicer
-from mcprouter.server.edge.status import ErrorTranslationInterceptor
+from mcprouter.server.edge.status import ERROR_TRANSLATION
+from mcprouter.server.edge.wrapping import Layer, Services
 from mcprouter.server.observability import open_observability
 from mcprouter.server.workers.role import WorkerRole
 from mcprouter.v1 import router_service_pb2, router_service_pb2_grpc
@@ -34,22 +35,18 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 1.0
 
 
-def interceptors(security: SecurityConfig) -> list[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
-    """The interceptor chain, outermost first.
+def layers(security: SecurityConfig) -> list[Layer]:
+    """The per-call layers, outermost first.
 
     Authentication refuses before anything else runs (an unauthenticated
     flood cannot take in-flight slots); the in-flight bound comes next;
     errors are translated once; the deadline is recorded innermost, so a
     store timeout after it becomes DEADLINE_EXCEEDED, not INTERNAL.
     """
-    chain: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+    chain: list[Layer] = []
     if security.auth_tokens:
-        chain.append(AuthInterceptor(security.auth_tokens, security.auth_exempt_methods))
-    chain += [
-        InFlightLimiter(security.max_in_flight_rpcs),
-        ErrorTranslationInterceptor(),
-        DeadlineInterceptor(),
-    ]
+        chain.append(BearerAuth(security.auth_tokens, security.auth_exempt_methods))
+    chain += [InFlightLimiter(security.max_in_flight_rpcs), ERROR_TRANSLATION, DEADLINES]
     return chain
 
 
@@ -58,14 +55,16 @@ def build_server(
     health: health_aio.HealthServicer,
     security: SecurityConfig | None = None,
     *,
-    telemetry: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
+    telemetry: Sequence[Layer] = (),
     reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """A grpc.aio server with every service registered (not started, no port).
 
     ``security`` defaults to the one ``app.settings`` describes; listen with
-    ``security.add_port`` so TLS applies. ``telemetry`` interceptors go
-    outermost, so they see every call as the client does (refusals included).
+    ``security.add_port`` so TLS applies. Every method runs through
+    ``layers(security)`` (``edge/wrapping.py``: applied once, here, not per
+    call); ``telemetry`` layers go outermost, so they see every call as the
+    client does (refusals included).
     ``reuse_port`` lets the workers of ``serve --workers N`` share the port.
     """
     if security is None:
@@ -84,19 +83,22 @@ def build_server(
             ("grpc.max_connection_age_ms", round(app.settings.max_connection_age_s * 1000)),
             ("grpc.max_connection_age_grace_ms", round(app.settings.shutdown_grace_s * 1000)),
         ]
-    server = grpc.aio.server(interceptors=[*telemetry, *interceptors(security)], options=options)
+    services = Services()
     router_service_pb2_grpc.add_RouterServiceServicer_to_server(
-        RouterServicer(app.router, app.cache_ops, app.stats, app.fleet), server
+        RouterServicer(app.router, app.cache_ops, app.stats, app.fleet),
+        services,  # type: ignore[arg-type]
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    services = (
+    health_pb2_grpc.add_HealthServicer_to_server(health, services)
+    names = (
         router_service_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        DocumentedReflectionServicer(services, documented_files()), server
+        DocumentedReflectionServicer(names, documented_files()), services
     )
+    server = grpc.aio.server(options=options)
+    services.install(server, [*telemetry, *layers(security)])
     return server
 
 
@@ -160,7 +162,7 @@ async def serve(
         )
         shared = worker is not None
         server = build_server(
-            app, health, security, telemetry=observability.interceptors, reuse_port=shared
+            app, health, security, telemetry=observability.layers, reuse_port=shared
         )
         port = add_port(server, settings.listen_address, security)
         if port == 0:

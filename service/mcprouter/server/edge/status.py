@@ -10,18 +10,15 @@ gets INTERNAL with no internals in the message.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from mcprouter.server.edge.wrapping import Behavior, Continuation, WrappedHandlers
-from mcprouter.server.errors import ERROR_DOMAIN, InvalidArgument, RouterError
-
-if TYPE_CHECKING:
-    from mcprouter.server.edge.wrapping import Handler
+from mcprouter.server.edge.wrapping import Behavior, Malformed, unary_layer
+from mcprouter.server.errors import ERROR_DOMAIN, FieldViolation, InvalidArgument, RouterError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +53,8 @@ def _pack(message: Any) -> any_pb2.Any:
 def _translating(behavior: Behavior, method: str) -> Behavior:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            if request.__class__ is Malformed:
+                raise _malformed(request)
             return await behavior(request, context)
         except RouterError as error:
             await _abort(context, to_rpc_status(error))
@@ -71,6 +70,18 @@ def _translating(behavior: Behavior, method: str) -> Behavior:
     return wrapper
 
 
+def _malformed(request: Malformed) -> InvalidArgument:
+    return InvalidArgument(
+        [
+            FieldViolation(
+                "(request)",
+                f"the request body is not a valid {request.type_name} message",
+                "INVALID_ARGUMENT",
+            )
+        ]
+    )
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
     # Equivalent to abort_with_status, which the type stubs lack; metadata set
     # earlier in the call (the request id) is kept beside the error details.
@@ -78,19 +89,5 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Statu
     await context.abort(status.code, status.details, already + tuple(status.trailing_metadata))
 
 
-class ErrorTranslationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps every unary-unary handler with the translation above.
-
-    The wrapped handler of each method is built once and reused: building it
-    per call showed up in profiles of the cache-hit path.
-    """
-
-    def __init__(self) -> None:
-        self._handlers = WrappedHandlers(_translating)
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler:
-        """Wrap the method's handler so its errors become rich statuses."""
-        handler = await continuation(handler_call_details)
-        return self._handlers.wrapped(handler, handler_call_details.method)
+# Every unary-unary method's errors become rich statuses.
+ERROR_TRANSLATION = unary_layer(_translating)

@@ -1,7 +1,7 @@
 """Observability: Prometheus metrics, structured logs with request ids, optional tracing.
 
 ``open_observability`` builds what the server needs from the settings and
-the running ``App``: the telemetry interceptor (always: request ids and the
+the running ``App``: the telemetry layer (always: request ids and the
 access log), the ``/metrics`` endpoint when ``METRICS_ADDRESS`` is set, and
 OpenTelemetry tracing when ``OTEL_ENABLED`` is true. Logging itself is set up
 by the CLI (``logs.configure_logging``) before anything runs.
@@ -14,16 +14,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 
 from mcprouter.server.app import App
 from mcprouter.server.config import Settings
+from mcprouter.server.edge.wrapping import Layer
 from mcprouter.server.observability.exporter import MetricsEndpoint
-from mcprouter.server.observability.interceptor import TelemetryInterceptor
 from mcprouter.server.observability.metrics import RpcMetrics, ServerCollector
 from mcprouter.server.observability.runtime_metrics import RuntimeCollector
 from mcprouter.server.observability.settings import parse_address
+from mcprouter.server.observability.telemetry import Telemetry
 from mcprouter.server.observability.tracing import Tracing, start_tracing
 from mcprouter.v1 import router_service_pb2 as rs
 
@@ -32,9 +32,9 @@ __all__ = ["Observability", "open_observability"]
 
 @dataclass(frozen=True)
 class Observability:
-    """What the server wires in: its interceptors, and where metrics are served."""
+    """What the server wires in: its outermost layers, and where metrics are served."""
 
-    interceptors: tuple[grpc.aio.ServerInterceptor, ...]  # type: ignore[type-arg]
+    layers: tuple[Layer, ...]
     registry: CollectorRegistry | None
     metrics_port: int | None
 
@@ -92,9 +92,7 @@ async def open_observability(
         if tracing is not None:
             stack.callback(tracing.shutdown)
         yield Observability(
-            interceptors=(
-                TelemetryInterceptor(rpc_metrics, tracing, access_log=settings.access_log),
-            ),
+            layers=(Telemetry(rpc_metrics, tracing, access_log=settings.access_log),),
             registry=registry,
             metrics_port=port,
         )

@@ -1,6 +1,6 @@
 """Logging setup: a request id on every line, JSON or text, secrets redacted.
 
-``REQUEST_ID`` is set by the telemetry interceptor in each RPC's own task, so
+``REQUEST_ID`` is set by the telemetry layer in each RPC's own task, so
 every line logged while serving that call (and by tasks it starts, such as a
 single-flight load) carries it. ``configure_logging`` installs one stderr
 handler whose filter copies the id onto each record as ``request_id``

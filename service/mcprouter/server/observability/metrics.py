@@ -2,7 +2,7 @@
 
 Two sources, no double bookkeeping:
 
-* ``RpcMetrics``: what the telemetry interceptor records per call: requests
+* ``RpcMetrics``: what the telemetry layer records per call: requests
   by method, RouteData operation and status code, latency histograms,
   in-flight calls, events per ``track_events`` request.
 * ``ServerCollector``: read at scrape time from what the server already

@@ -9,7 +9,7 @@ for each Redis command and SQL statement when present).
 
 Spans are exported over OTLP/gRPC to the collector named by the standard
 variables (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_SERVICE_NAME``, ...).
-Each RPC gets a server span from the telemetry interceptor, continuing the
+Each RPC gets a server span from the telemetry layer, continuing the
 caller's trace from its ``traceparent`` metadata; log lines carry its
 ``trace_id`` and ``span_id`` in the JSON format.
 """

@@ -1,7 +1,7 @@
-"""The telemetry interceptor: request id, metrics, access log and trace span per call.
+"""The telemetry layer: request id, metrics, access log and trace span per call.
 
-It is the outermost interceptor, so it sees every unary call exactly as the
-client does: an error translated by ``ErrorTranslationInterceptor`` arrives
+It is the outermost ``edge.wrapping.Layer``, so it sees every unary call
+exactly as the client does: an error translated by ``edge.status`` arrives
 here as ``AbortError`` with its code already set on the context. Streams
 (health ``Watch``) pass through untouched.
 
@@ -25,13 +25,12 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
-from mcprouter.server.edge.wrapping import Behavior, WrappedHandlers
+from mcprouter.server.edge.wrapping import Behavior, Malformed, with_unary
 from mcprouter.server.observability.logs import REQUEST_ID
 from mcprouter.server.observability.metrics import RpcMetrics
 from mcprouter.v1.serve_status_pb2 import ServeStatus
@@ -95,8 +94,8 @@ def code_of(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else default
 
 
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps every unary-unary handler; the wrapper of each method is built once."""
+class Telemetry:
+    """Wraps every unary-unary handler (once, when the server is built)."""
 
     def __init__(
         self,
@@ -110,16 +109,12 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         self._tracer = tracer
         self._echo = echo_request_id
         self._ok_level = logging.INFO if access_log else logging.DEBUG
-        self._handlers = WrappedHandlers(self._observed)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        """Wrap the method's unary handler with the telemetry of each call."""
-        handler = await continuation(handler_call_details)
-        return self._handlers.wrapped(handler, handler_call_details.method)
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        """Observe the method's unary calls; streams pass untouched."""
+        if handler.unary_unary is None:
+            return handler
+        return with_unary(handler, self._observed(handler.unary_unary, method))  # type: ignore[arg-type]
 
     def _observed(self, behavior: Behavior, full_method: str) -> Behavior:
         service, _, method = full_method.lstrip("/").rpartition("/")
@@ -132,7 +127,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request_id = request_id_of(context)
             token = REQUEST_ID.set(request_id)
-            operation = (request.WhichOneof("operation") or "") if is_route else ""
+            parsed = request.__class__ is not Malformed
+            operation = (request.WhichOneof("operation") or "") if is_route and parsed else ""
             gauge = metrics.started(service, method) if metrics is not None else None
             if metrics is not None and operation == "track_events":
                 metrics.event_batch.observe(len(request.track_events.events))
