@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.message import DecodeError, Message
 
@@ -30,11 +30,19 @@ VALUE_TYPES: dict[DataType.ValueType, tuple[str, type[Message]]] = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def route_response(operation: Operation, result: RouteResult) -> rs.RouteDataResponse:
     """The RouteData response of a processor's result for ``operation``."""
     response = rs.RouteDataResponse(status=result.status, cache_key=result.cache_key)
     if result.stored_at is not None:
-        response.stored_at.FromDatetime(result.stored_at)
+        # What ``Timestamp.FromDatetime`` sets, without its per-call
+        # ``calendar.timegm`` (seen in profiles of the hit path).
+        seconds, micros = divmod((result.stored_at - _EPOCH) // _MICROSECOND, 1_000_000)
+        response.stored_at.seconds = seconds
+        response.stored_at.nanos = micros * 1000
     getattr(response, operation.result_field).CopyFrom(result.value)
     return response
 

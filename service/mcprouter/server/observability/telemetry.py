@@ -21,10 +21,12 @@ Per call it
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -80,12 +82,25 @@ class _NullSpan:
 _NO_SPAN = _NullSpan()
 
 
-def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The caller's ``x-request-id`` when well-formed, else a new random id."""
+def request_ids() -> Callable[[], str]:
+    """Makes this process's request ids: a random prefix and a counter.
+
+    Unique across processes and restarts (the prefix is 48 random bits drawn
+    per ``Telemetry``, so after a worker's fork too), and cheap: a random id per
+    call cost a ``getrandom`` system call on every hit. They correlate log
+    lines; nothing relies on them being unguessable.
+    """
+    prefix = secrets.token_hex(6)
+    counter = itertools.count(1)
+    return lambda: f"{prefix}-{next(counter):x}"
+
+
+def request_id_of(context: grpc.aio.ServicerContext[Any, Any], new_id: Callable[[], str]) -> str:
+    """The caller's ``x-request-id`` when well-formed, else ``new_id()``."""
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and _VALID_ID.fullmatch(value):
             return value
-    return secrets.token_hex(8)
+    return new_id()
 
 
 def code_of(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:
@@ -109,6 +124,7 @@ class Telemetry:
         self._tracer = tracer
         self._echo = echo_request_id
         self._ok_level = logging.INFO if access_log else logging.DEBUG
+        self._new_id = request_ids()
 
     def wrap(self, handler: Handler, method: str) -> Handler:
         """Observe the method's unary calls; streams pass untouched."""
@@ -123,9 +139,10 @@ class Telemetry:
         tracer = self._tracer
         echo = self._echo
         ok_level = self._ok_level
+        new_id = self._new_id
 
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            request_id = request_id_of(context)
+            request_id = request_id_of(context, new_id)
             token = REQUEST_ID.set(request_id)
             parsed = request.__class__ is not Malformed
             operation = (request.WhichOneof("operation") or "") if is_route and parsed else ""
