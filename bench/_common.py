@@ -54,6 +54,7 @@ class LoadResult:
     elapsed_s: float = 0.0
     latencies_us: list[float] = field(default_factory=list)
     error_codes: dict[str, int] = field(default_factory=dict)
+    first_errors: dict[str, str] = field(default_factory=dict)  # by code: its first message
     statuses: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -138,6 +139,7 @@ async def run_closed_loop(
                 result.errors += 1
                 name = exc.code().name
                 result.error_codes[name] = result.error_codes.get(name, 0) + 1
+                result.first_errors.setdefault(name, exc.details() or "")
                 continue
             result.latencies_us.append((time.perf_counter() - started) * 1e6)
             result.statuses[reply.status] = result.statuses.get(reply.status, 0) + 1

@@ -199,7 +199,7 @@ async def test_dedup_claims_across_slots_are_all_or_nothing(client: RedisClient)
         assert caught.value.reason == "EVENTS_IN_FLIGHT"
         fresh = [space.internal("dedup", i) for i in ids[20:]]
         assert await client.exists(*fresh) == 0
-        await records.mark_done(first)
+        await records.mark_done([first])
         again = await records.claim(ids)
         assert again.is_new == [False] * 20 + [True] * 10  # done: DUPLICATE; the rest new
     finally:

@@ -23,7 +23,8 @@ still hold this call's token (compare-and-delete: a record another attempt
 claimed after ours expired is left alone). Marking done and releasing are
 follow-ups (``FollowUps``): if Redis fails right then, the answer is what
 ClickHouse decided (STORED, or the insert's error) and the Redis write is
-retried until Redis takes it, with a last try at shutdown.
+retried until Redis takes it, with a last try at shutdown. The calls whose
+events one insert carried are marked done together, in one script call.
 
 Why the pending TTL (``DEDUP_PENDING_TTL_S``, 90 s) and not the done TTL: a
 process that crashes between claim and insert leaves a pending record that
@@ -99,13 +100,13 @@ if not busy then
 end
 return out
 """
-# KEYS: the records a call claimed. ARGV: its token, done TTL. A record that
-# expired meanwhile is written too (the event is stored); one that another
-# call claimed since is left to that call.
+# KEYS: records claimed by one or more calls. ARGV: the done TTL, then the
+# token of each key's claim. A record that expired meanwhile is written too
+# (the event is stored); one that another call claimed since is left to it.
 DONE_SCRIPT = """
-for _, key in ipairs(KEYS) do
+for i, key in ipairs(KEYS) do
   local v = redis.call('GET', key)
-  if not v or v == ARGV[1] then redis.call('SET', key, '1', 'EX', ARGV[2]) end
+  if not v or v == ARGV[i + 1] then redis.call('SET', key, '1', 'EX', ARGV[1]) end
 end
 return #KEYS
 """
@@ -189,7 +190,8 @@ class DedupRecords:
             with contextlib.suppress(*REDIS_ERRORS):  # else they expire with the pending TTL
                 await self._undo(keys, token, groups)
             raise CacheUnavailable(
-                f"Redis failed, events cannot be deduplicated and were not stored: {exc}",
+                "Redis failed, events cannot be deduplicated and were not stored: "
+                f"{type(exc).__name__}: {exc}".rstrip(": "),
                 metadata={"action": "dedup"},
             ) from exc
         codes = [0] * len(keys)
@@ -227,15 +229,25 @@ class DedupRecords:
         groups = topology.slot_groups(self._guard.client, keys)
         await self._per_slot(script, [([keys[i] for i in group], args) for group in groups])
 
-    async def mark_done(self, claim: Claim) -> None:
-        """Turn a claim's records into done ones; on a Redis failure, retry in the background."""
-        if claim.keys:
-            await self._followups.run(
-                f"dedup done {claim.token} ({len(claim.keys)} events)",
-                lambda: self._run_grouped(
-                    self._done, claim.keys, [claim.token, self._policy.done_ttl_s]
-                ),
-            )
+    async def mark_done(self, claims: Sequence[Claim]) -> None:
+        """Turn claims' records into done ones (one script call per slot).
+
+        On a Redis failure the write is retried in the background.
+        """
+        keys = [key for claim in claims for key in claim.keys]
+        if not keys:
+            return
+        tokens = [claim.token for claim in claims for _ in claim.keys]
+        ttl = self._policy.done_ttl_s
+        client = self._guard.client
+
+        async def attempt() -> None:
+            groups = topology.slot_groups(client, keys)
+            calls = [([keys[i] for i in g], [ttl, *(tokens[i] for i in g)]) for g in groups]
+            await self._per_slot(self._done, calls)
+
+        first = next(claim.token for claim in claims if claim.keys)
+        await self._followups.run(f"dedup done {first} ({len(keys)} events)", attempt)
 
     async def release(self, claim: Claim) -> None:
         """Remove a claim's records that still hold its token; retried like ``mark_done``."""

@@ -4,7 +4,9 @@
 claim the request's event ids (``dedup``: pending records, all or nothing),
 hand the new events to the batcher and wait for their insert, then mark their
 records done (or, if the insert failed, release them), count the stored
-events in Redis and invalidate what late events changed. The caller runs it
+events in Redis and invalidate what late events changed. The requests one
+insert carried resume together, so that last stage is coalesced: one mark,
+one count for all of them (``coalescing``). The caller runs it
 in a task it only awaits (shielded), so a cancelled RPC cannot stop the
 sequence half-way.
 """
@@ -19,9 +21,10 @@ from datetime import UTC, datetime
 from mcprouter.server import keys
 from mcprouter.server.cache import CacheAside
 from mcprouter.server.cache.guard import GuardedRedis
-from mcprouter.server.clickhouse.dedup import DedupPolicy, DedupRecords
+from mcprouter.server.clickhouse.dedup import Claim, DedupPolicy, DedupRecords
 from mcprouter.server.clickhouse.ingest import EventBatcher
 from mcprouter.server.clickhouse.realtime import RealtimeCounters, hour_start
+from mcprouter.server.coalescing import Coalescer
 from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats
@@ -54,6 +57,9 @@ class EventTracker:
         # Marking records done and releasing them: retried until Redis takes them.
         self._followups = FollowUps()
         self._dedup = DedupRecords(state, keyspace, self._followups, dedup_policy or DedupPolicy())
+        self._stored: Coalescer[tuple[Claim, Sequence[Event]]] = Coalescer(
+            self._after_stored, name="events-stored"
+        )
 
     @property
     def counters(self) -> RealtimeCounters:
@@ -90,9 +96,14 @@ class EventTracker:
             await self._dedup.release(claim)
             raise
         # Stored: whatever Redis does now, the answer is STORED.
-        await self._dedup.mark_done(claim)
-        await self._after_insert(new)
+        await self._stored.submit((claim, new))
         return claim.is_new
+
+    async def _after_stored(self, stored: list[tuple[Claim, Sequence[Event]]]) -> None:
+        events = [event for _, new in stored for event in new]
+        await asyncio.gather(
+            self._dedup.mark_done([claim for claim, _ in stored]), self._after_insert(events)
+        )
 
     async def _after_insert(self, events: Sequence[Event]) -> None:
         # Best effort (the guard logs and counts a failure): the events are stored.
@@ -128,4 +139,5 @@ class EventTracker:
     async def aclose(self) -> None:
         """Let in-flight ingestion finish, then give pending record writes a last try."""
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stored.aclose()
         await self._followups.aclose()
