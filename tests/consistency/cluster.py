@@ -228,9 +228,10 @@ class ClusterSettings:
             "POSTGRES_COMMAND_TIMEOUT_S": "5",
             "CHROMA_TIMEOUT_S": "5",
             # Short pending records, so events of an instance killed mid-insert
-            # can be resent (and answered) before the run ends.
+            # can be resent (and answered) before the run ends; longer than the
+            # killed instance takes to restart and settle what it had stored.
             "CLICKHOUSE_INSERT_TIMEOUT_S": "4",
-            "DEDUP_PENDING_TTL_S": "10",
+            "DEDUP_PENDING_TTL_S": "15",
             "LOG_LEVEL": "INFO",
         }
 

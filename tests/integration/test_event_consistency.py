@@ -324,6 +324,35 @@ async def test_path5_a_crash_between_claim_and_insert_blocks_retries_only_for_th
     assert await a.store.count_events(exp) == 1
 
 
+async def test_path5_killed_after_its_insert_a_restarted_instance_settles_the_pending_records(
+    make_rig: RigFactory,
+) -> None:
+    """Instance A inserted an event and was killed before marking its record
+    done (the record is still A's pending claim). A restarts on the same
+    embedded engine: before it serves, the record is done, so the client's
+    retry, on A or on B, is DUPLICATE instead of waiting out the pending TTL
+    and storing a second copy (in another instance's database, with embedded
+    engines)."""
+    a = await make_rig()
+    b = await make_rig(namespace=a.namespace, experiments=a.experiments)
+    exp = a.add_experiment()
+    stored, never_inserted = event(exp), event(exp, user="u-never")
+    await a.redis.set(a.marker(stored.event_id), "A-claim", ex=DEFAULT_PENDING_TTL_S)
+    await a.redis.set(a.marker(never_inserted.event_id), "A-claim", ex=DEFAULT_PENDING_TTL_S)
+    await a.store.insert_events([stored])  # ...and A is killed here
+
+    restarted = await make_rig(namespace=a.namespace, experiments=a.experiments)
+    await restarted.processor.start()
+
+    assert await a.redis.get(a.marker(stored.event_id)) == b"1"
+    assert await a.redis.ttl(a.marker(stored.event_id)) > DEFAULT_PENDING_TTL_S
+    # An event A claimed but never inserted stays A's claim until its TTL runs out.
+    assert await a.redis.get(a.marker(never_inserted.event_id)) == b"A-claim"
+    assert [o.status for o in (await b.track([stored])).outcomes] == [DUPLICATE]
+    assert [o.status for o in (await restarted.track([stored])).outcomes] == [DUPLICATE]
+    assert await a.store.count_events(exp) == 1
+
+
 async def _gone(client: aioredis.Redis, key: str) -> bool:
     return not await client.exists(key)
 

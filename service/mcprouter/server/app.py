@@ -271,6 +271,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             ingestion_lag_s=settings.ingestion_lag_s,
         )
         stack.push_async_callback(clickhouse_processor.aclose)
+        await clickhouse_processor.start()
 
         # A Chroma server that is down does not stop start-up: its client
         # connects on first use and the health probe reports it.

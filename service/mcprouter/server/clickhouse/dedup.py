@@ -43,6 +43,16 @@ the ``ReplacingMergeTree`` keyed by event id collapses it and reads use
 ``FINAL``, so ClickHouse still counts it once (the open hour's real-time
 counters in Redis could count it twice).
 
+A process killed between its insert and the done mark leaves records pending
+for events that *are* stored; once they expire a retry (on another instance)
+would store a second copy. With an embedded engine that copy lands in another
+instance's database, where ``FINAL`` cannot see both. So an instance with an
+embedded engine settles them at start-up, before it serves (``settle_stored``,
+run by ``EventTracker.settle_recent``): every event its engine received within
+twice the pending TTL has its record made done, whatever state it is in (the
+event is stored, so "done" is true). A restart within the pending TTL (the
+supervisor's or the orchestrator's) therefore answers the retry DUPLICATE.
+
 Size: a done record is the value ``"1"`` (as before the pending state
 existed, so records written by older versions read as done); a pending one
 holds an 8-character token for at most the pending TTL.
@@ -110,6 +120,17 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+# KEYS: records of events the store holds. ARGV: the done TTL. Pending or
+# absent ones become done (whoever claimed them: the event is stored).
+SETTLE_SCRIPT = """
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) ~= '1' then redis.call('SET', key, '1', 'EX', ARGV[1]); n = n + 1 end
+end
+return n
+"""
+# Records per settle script call: a long script blocks every other Redis client.
+SETTLE_CHUNK = 1000
 # KEYS: the records a call claimed. ARGV: its token. Compare-and-delete.
 RELEASE_SCRIPT = """
 local n = 0
@@ -168,6 +189,12 @@ class DedupRecords:
         self._claim = guard.client.register_script(CLAIM_SCRIPT)
         self._done = guard.client.register_script(DONE_SCRIPT)
         self._release = guard.client.register_script(RELEASE_SCRIPT)
+        self._settle = guard.client.register_script(SETTLE_SCRIPT)
+
+    @property
+    def policy(self) -> DedupPolicy:
+        """The TTLs these records are written with."""
+        return self._policy
 
     async def claim(self, event_ids: Sequence[str]) -> Claim:
         """Claim every new id of a request, or none.
@@ -256,3 +283,21 @@ class DedupRecords:
                 f"dedup release {claim.token} ({len(claim.keys)} events)",
                 lambda: self._run_grouped(self._release, claim.keys, [claim.token]),
             )
+
+    async def settle_stored(self, event_ids: Sequence[str]) -> int:
+        """Make done the records of events the store is known to hold; how many changed.
+
+        Raises:
+            RedisError, OSError, TimeoutError: Redis failed; the caller retries.
+        """
+        settled = 0
+        ttl = self._policy.done_ttl_s
+        for start in range(0, len(event_ids), SETTLE_CHUNK):
+            chunk = event_ids[start : start + SETTLE_CHUNK]
+            keys = [self._keyspace.internal(DEDUP_FAMILY, event_id) for event_id in chunk]
+            groups = topology.slot_groups(self._guard.client, keys)
+            replies = await self._per_slot(
+                self._settle, [([keys[i] for i in group], [ttl]) for group in groups]
+            )
+            settled += sum(int(reply) for reply in replies)
+        return settled

@@ -157,6 +157,17 @@ class ClickHouseProcessor:
         self._lag = timedelta(seconds=ingestion_lag_s)
         self._recent = timedelta(seconds=recent_hours_s)
 
+    async def start(self, *, settle_wait_s: float = 10.0) -> None:
+        """Before serving: settle the dedup records a killed run left pending.
+
+        Only for an embedded engine: a copy stored twice on a shared
+        ClickHouse server meets its twin in one table, where ``FINAL``
+        collapses it; on an embedded one it would sit in another instance's
+        database (``dedup``).
+        """
+        if self._store.embedded:
+            await self._tracker.settle_recent(self._store.recent_event_ids, wait_s=settle_wait_s)
+
     def handlers(self) -> Handlers:
         """The RouteData operations this processor serves."""
         return {

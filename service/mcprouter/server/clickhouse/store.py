@@ -97,6 +97,11 @@ _COUNT_EXPERIMENT = f"""
 SELECT count() FROM {EVENTS_TABLE} FINAL WHERE experiment_id = {{experiment_id:String}}
 """
 
+_RECENT_EVENT_IDS = f"""
+SELECT DISTINCT event_id FROM {EVENTS_TABLE}
+WHERE inserted_at >= now64(3) - toIntervalMillisecond({{window_ms:UInt64}})
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class VariantCounts:
@@ -131,7 +136,9 @@ class ClickHouseStore:
         inserted_rows: Rows those inserts carried.
     """
 
-    def __init__(self, inserts: Lane, queries: Lane, *, migrate: bool = False) -> None:
+    def __init__(
+        self, inserts: Lane, queries: Lane, *, migrate: bool = False, embedded: bool = False
+    ) -> None:
         """Take ownership of the two lanes; ``close()`` closes them.
 
         Args:
@@ -139,7 +146,10 @@ class ClickHouseStore:
             queries: The lane of reads.
             migrate: Apply pending migrations before the first call that needs
                 ClickHouse (retried by each call until it succeeded).
+            embedded: The engine is this machine's chDB (in-process or the
+                workers' host), not a ClickHouse server other machines share.
         """
+        self.embedded = embedded
         self._inserts = inserts
         self._queries = queries
         self._unmigrated = migrate
@@ -245,6 +255,11 @@ class ClickHouseStore:
         rows = await self._query(_COUNT_EXPERIMENT, {"experiment_id": experiment_id})
         return int(rows[0][0])
 
+    async def recent_event_ids(self, window_s: float) -> list[str]:
+        """Ids of the events inserted within the last ``window_s`` seconds (ClickHouse's clock)."""
+        rows = await self._query(_RECENT_EVENT_IDS, {"window_ms": int(window_s * 1000)})
+        return [str(row[0]) for row in rows]
+
     async def _query(self, sql: str, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
         self.queries += 1
         # The caller's deadline also stops the query inside ClickHouse.
@@ -337,4 +352,6 @@ async def open_clickhouse(
     connect = functools.partial(_connect, url, connect_timeout_s, send_receive_timeout_s)
     inserts = Lane("clickhouse-insert", connect, workers=insert_workers)
     queries = Lane("clickhouse-query", connect, workers=query_workers)
-    return ClickHouseStore(inserts, queries, migrate=migrate)
+    return ClickHouseStore(
+        inserts, queries, migrate=migrate, embedded=scheme in ("chdb", HOST_SCHEME)
+    )

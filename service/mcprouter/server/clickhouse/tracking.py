@@ -14,8 +14,10 @@ sequence half-way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from mcprouter.server import keys
@@ -29,6 +31,11 @@ from mcprouter.server.followups import FollowUps
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1.events_pb2 import Event
+
+log = logging.getLogger(__name__)
+
+# The ids of the events the store received within the last N seconds.
+StoredWithin = Callable[[float], Awaitable[Sequence[str]]]
 
 
 class EventTracker:
@@ -65,6 +72,28 @@ class EventTracker:
     def counters(self) -> RealtimeCounters:
         """The real-time counters this tracker updates."""
         return self._counters
+
+    async def settle_recent(self, stored_within: StoredWithin, *, wait_s: float) -> None:
+        """At start-up: make done the records of events stored just before a restart.
+
+        A process killed between an insert and its done mark left those
+        records pending (``dedup``). Settling them is a follow-up, retried
+        until the store and Redis both answer; start-up waits up to ``wait_s``
+        for the first attempt, so a healthy instance serves only once settled.
+        """
+        window_s = 2 * self._dedup.policy.pending_ttl_s
+
+        async def attempt() -> None:
+            settled = await self._dedup.settle_stored(await stored_within(window_s))
+            if settled:
+                log.info(
+                    "%d dedup records made done: their events were stored before a restart", settled
+                )
+
+        first = self._followups.request("settle dedup records of recently stored events", attempt)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await asyncio.shield(first)
 
     def start(self, events: Sequence[Event]) -> asyncio.Task[list[bool]]:
         """Start ingesting ``events`` in a task kept until done (see ``ingest``)."""
