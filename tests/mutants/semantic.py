@@ -120,4 +120,39 @@ return 1""",
             "test_path2_a_caller_that_lost_the_lease_does_not_store_a_pre_write_value",
         ),
     ),
+    Mutant(
+        "dedup-done-before-insert",
+        "the record says 'stored' while the insert is in flight: a retry is answered "
+        "DUPLICATE, and if the insert then fails the acknowledged event is nowhere",
+        (
+            Edit(
+                "clickhouse/tracking.py",
+                """        try:
+            await self._batcher.add(new, start_by=claim.start_by)""",
+                """        await self._dedup.mark_done([claim])
+        try:
+            await self._batcher.add(new, start_by=claim.start_by)""",
+            ),
+        ),
+        (
+            "tests/integration/test_event_consistency.py::"
+            "test_path5_a_retry_while_the_first_attempt_is_in_flight_is_never_duplicate",
+        ),
+    ),
+    Mutant(
+        "restart-settles-only-absent-records",
+        "settling after a restart leaves other claims' pending records alone, so the "
+        "records a killed run left pending expire and a retry stores a second copy",
+        (
+            Edit(
+                "clickhouse/dedup.py",
+                """  if redis.call('GET', key) ~= '1' then redis.call('SET', key, '1', 'EX', ARGV[1]); n = n + 1 end""",
+                """  if not redis.call('GET', key) then redis.call('SET', key, '1', 'EX', ARGV[1]); n = n + 1 end""",
+            ),
+        ),
+        (
+            "tests/integration/test_event_consistency.py::"
+            "test_path5_killed_after_its_insert_a_restarted_instance_settles_the_pending_records",
+        ),
+    ),
 )
