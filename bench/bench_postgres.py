@@ -177,9 +177,9 @@ async def warm_server(channels: Channels, plan: KeyPlan, seconds: float) -> None
 async def prime(srv: Servers, mode: str, plan: KeyPlan, op: str) -> None:
     """Untimed reads of the working set of ``op`` on the server of ``mode``.
 
-    One pass stores every key in Redis (fresh for 30 min or more). For hit-l1
-    a second pass puts every key in the L1: the server admits a value to its
-    L1 on a Redis hit only, not when it has just loaded it from the store. An
+    One pass stores every key in Redis (fresh for 30 min or more) and in the
+    L1 (a loaded value is admitted unless an invalidation began meanwhile);
+    for hit-l1 a second pass admits any key whose load raced one. An
     L1 entry is served for at most ``CACHE_LOCAL_MAX_AGE_S`` from its admission
     (L1 hits do not extend it) and is then read from Redis and admitted again.
     """
