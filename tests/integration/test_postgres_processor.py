@@ -29,7 +29,9 @@ from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, UserProfile, Variant
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 from tests import backends
+from tests.consistency.proxy import PostgresProxy
 from tests.faults.harness import frozen, valkey_pid
+from tests.integration.pg_experiments import through_proxy
 
 CACHED = ServeStatus.SERVE_STATUS_CACHED
 FRESH = ServeStatus.SERVE_STATUS_FRESH
@@ -236,23 +238,49 @@ async def test_only_running_experiments_assign_and_refusals_are_not_cached(rig: 
         )
 
 
-async def test_stale_is_served_when_postgres_is_gone(
-    redis_client: aioredis.Redis, migrated_dsn: str, namespace: str
+async def test_stale_is_served_while_postgres_is_unreachable_and_reads_recover(
+    redis_client: aioredis.Redis,
+    migrated_dsn: str,
+    namespace: str,
+    postgres_proxy: PostgresProxy,
 ) -> None:
-    pool = await create_pool(migrated_dsn, min_size=1, max_size=2)
+    # The pool reaches PostgreSQL through a proxy that the test makes cut every
+    # connection and refuse new ones: PostgreSQL is gone as far as the pool can tell.
+    pool = await create_pool(
+        through_proxy(migrated_dsn, postgres_proxy.port), min_size=1, max_size=2
+    )
     rig = build_rig(redis_client, pool, namespace, CircuitBreaker())
     try:
         exp = await create(rig, experiment(uid("e")))
         await get_experiment(rig, exp.experiment_id)
         never_read = await create(rig, experiment(uid("e")))
-        await pool.close()  # the store is gone
+        await rig.cache.settle()
+        postgres_proxy.unreachable()
         # Still fresh: served from the cache without noticing the store is down.
         assert (await get_experiment(rig, exp.experiment_id))[0] == CACHED
         rig.clock.offset = 2 * 86_400  # past freshness, inside the stale window
         assert await get_experiment(rig, exp.experiment_id) == (STALE, exp)
-        with pytest.raises(errors.Unavailable, match=never_read.experiment_id):
+        # Nothing cached: UNAVAILABLE, naming the key; the store's own error names PostgreSQL.
+        with pytest.raises(errors.Unavailable, match=never_read.experiment_id) as caught:
             await get_experiment(rig, never_read.experiment_id)
+        cause = caught.value.__cause__
+        assert isinstance(cause, errors.Unavailable)
+        assert cause.metadata["store"] == "postgres"
+        # A write fails as UNAVAILABLE from PostgreSQL; its outcome is unknown to
+        # the service, so it still invalidates the cached copy.
+        changed = experiment(exp.experiment_id, version=exp.version, name="during outage")
+        with pytest.raises(errors.Unavailable) as write_failed:
+            await create(rig, changed)
+        assert write_failed.value.metadata["store"] == "postgres"
+        space = KeySpace(namespace)
+        assert not await redis_client.exists(space.redis_key(f"experiment:{exp.experiment_id}"))
+
+        postgres_proxy.pass_through()  # the outage ends: reads load again
+        assert await get_experiment(rig, exp.experiment_id) == (FRESH, exp)  # never written
+        assert await get_experiment(rig, never_read.experiment_id) == (FRESH, never_read)
+        assert (await get_experiment(rig, never_read.experiment_id))[0] == CACHED
     finally:
+        postgres_proxy.pass_through()
         await rig.processor.aclose()
         await rig.cache.aclose()
         await pool.close()
