@@ -3,6 +3,7 @@
 Experiments come from PostgreSQL through the cache, as the server wires it
 (``experiment_lookup`` over ``PostgresStore.get_experiment``). A failed insert
 is a real one: the batch goes to a ClickHouse client of a closed port.
+
 Properties are shown by counting: rows in ClickHouse, inserts and queries of
 the store, outcomes of the cache; never by timing. chDB opens one data path
 per process, so the module shares one store and isolates tests by experiment id.
