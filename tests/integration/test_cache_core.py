@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +37,9 @@ from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.cache_envelope_pb2 import CacheEnvelope
 from mcprouter.v1.experiment_pb2 import Assignment, Experiment
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
+from tests.backends import restartable_valkey
 from tests.fakes import FakeClock, FixedRandom
+from tests.faults.harness import frozen, valkey_pid
 from tests.integration.pg_experiments import ExperimentDb, Loads
 
 EXPERIMENT = DataType.DATA_TYPE_EXPERIMENT
@@ -555,45 +558,36 @@ async def test_breaker_closes_when_redis_is_back(
 
 
 async def test_unresponsive_redis_is_bounded_by_the_timeout(
-    namespace: str, clock: FakeClock, stats: CacheStats, experiment_db: ExperimentDb
+    namespace: str,
+    clock: FakeClock,
+    stats: CacheStats,
+    experiment_db: ExperimentDb,
+    tmp_path: Path,
 ) -> None:
-    # A server that accepts connections and never answers: only our timeout ends calls.
-    connections: list[asyncio.StreamWriter] = []
-
-    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(writer)
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(4096):
-                pass
-
-    server = await asyncio.start_server(black_hole, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = aioredis.Redis(
-        host="127.0.0.1", port=port, socket_timeout=30, retry=Retry(NoBackoff(), 0)
-    )
-    store = Loads(experiment_db)
-    await store.put(KEY)
-    cache = CacheAside(
-        client,
-        KeySpace(namespace),
-        stats,
-        CircuitBreaker(failure_threshold=2, clock=clock),
-        clock=clock,
-        redis_timeout=0.05,
-    )
-    try:
-        for _ in range(3):
-            served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
-            assert served.status == FRESH
-        assert stats.redis_errors == 2
-        assert cache.breaker.state == "open"
-    finally:
-        await cache.aclose()
-        await client.aclose()
-        for writer in connections:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+    # A private Valkey paused with SIGSTOP: the kernel still accepts connections,
+    # nothing answers, and only our timeout ends calls.
+    with restartable_valkey(tmp_path / "valkey") as valkey:
+        client = aioredis.Redis.from_url(valkey.url, socket_timeout=30, retry=Retry(NoBackoff(), 0))
+        store = Loads(experiment_db)
+        await store.put(KEY)
+        cache = CacheAside(
+            client,
+            KeySpace(namespace),
+            stats,
+            CircuitBreaker(failure_threshold=2, clock=clock),
+            clock=clock,
+            redis_timeout=0.05,
+        )
+        try:
+            with frozen(valkey_pid(valkey.url)):
+                for _ in range(3):
+                    served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+                    assert served.status == FRESH
+                assert stats.redis_errors == 2
+                assert cache.breaker.state == "open"
+        finally:
+            await cache.aclose()
+            await client.aclose()
 
 
 # -- invalidation ---------------------------------------------------------------------------
