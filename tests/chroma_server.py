@@ -26,7 +26,7 @@ def chroma_executable() -> str:
 
 
 class ChromaServer:
-    """One ``chroma run`` process; ``stop()`` simulates an outage."""
+    """One ``chroma run`` process; ``stop()`` is an outage, ``restart()`` its end."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -34,6 +34,14 @@ class ChromaServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = folder / "chroma.log"
         folder.mkdir(parents=True, exist_ok=True)
+        self._start()
+
+    @property
+    def pid(self) -> int:
+        """The running process (for SIGSTOP / SIGCONT)."""
+        return self._process.pid
+
+    def _start(self) -> None:
         self._log = self.log_path.open("ab")
         env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
         self._process = subprocess.Popen(
@@ -41,7 +49,7 @@ class ChromaServer:
                 chroma_executable(),
                 "run",
                 "--path",
-                str(folder / "data"),
+                str(self.folder / "data"),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -57,6 +65,11 @@ class ChromaServer:
         except BaseException:
             self.stop()
             raise
+
+    def restart(self) -> None:
+        """Start again on the same port and data folder (after ``stop()``)."""
+        self.stop()
+        self._start()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -1,5 +1,8 @@
-"""The cache-aside core against a real Redis.
+"""The cache-aside core against a real Redis and its production loader on PostgreSQL.
 
+The loader is ``PostgresStore.get_experiment`` on a schema of the test's own
+(``pg_experiments``): a miss is a missing row, a store failure is PostgreSQL
+made unreachable by a TCP proxy, translated by the store into ``Unavailable``.
 Properties are proven by counting loader calls and reading Redis, never by
 timing: freshness runs on an injected clock, and the only sleeps are the lease
 polls of the core itself (tens of milliseconds).
@@ -10,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,13 +32,18 @@ from mcprouter.server.cache import (
 )
 from mcprouter.server.errors import CacheUnavailable, FailedPrecondition, NotFound, Unavailable
 from mcprouter.server.keys import KeySpace
+from mcprouter.server.postgres.store import PostgresStore
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.cache_envelope_pb2 import CacheEnvelope
-from mcprouter.v1.experiment_pb2 import Experiment
+from mcprouter.v1.experiment_pb2 import Assignment, Experiment
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
+from tests.backends import restartable_valkey
 from tests.fakes import FakeClock, FixedRandom
+from tests.faults.harness import frozen, valkey_pid
+from tests.integration.pg_experiments import ExperimentDb, Loads
 
 EXPERIMENT = DataType.DATA_TYPE_EXPERIMENT
+ASSIGNMENT = DataType.DATA_TYPE_ASSIGNMENT
 CACHED = ServeStatus.SERVE_STATUS_CACHED
 FRESH = ServeStatus.SERVE_STATUS_FRESH
 STALE = ServeStatus.SERVE_STATUS_STALE
@@ -49,38 +58,6 @@ class CountingRedis(aioredis.Redis):
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         self.calls += 1
         return await super().execute_command(*args, **options)
-
-
-class Store:
-    """A fake store: counts loads, can block, fail, or miss."""
-
-    def __init__(self, clock: FakeClock | None = None, load_seconds: float = 0.0) -> None:
-        self.calls = 0
-        self.rows: dict[str, Experiment] = {}
-        self.error: BaseException | None = None
-        self.gate: asyncio.Event | None = None
-        self.started = asyncio.Event()
-        self.clock = clock
-        self.load_seconds = load_seconds
-
-    def put(self, key: str, version: int = 1) -> Experiment:
-        value = Experiment(experiment_id=key.split(":")[1], name="checkout", version=version)
-        self.rows[key] = value
-        return value
-
-    def loader(self, key: str) -> Callable[[], Awaitable[Experiment | None]]:
-        async def load() -> Experiment | None:
-            self.calls += 1
-            self.started.set()
-            if self.gate is not None:
-                await self.gate.wait()
-            if self.clock is not None:
-                self.clock.advance(self.load_seconds)  # a load that takes load_seconds
-            if self.error is not None:
-                raise self.error
-            return self.rows.get(key)
-
-        return load
 
 
 def policy(**changes: Any) -> CachePolicy:
@@ -158,9 +135,10 @@ async def test_miss_then_hit(
     namespace: str,
     clock: FakeClock,
     stats: CacheStats,
+    experiment_db: ExperimentDb,
 ) -> None:
-    store = Store()
-    value = store.put(KEY)
+    store = Loads(experiment_db)
+    value = await store.put(KEY)
     first = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
     assert (first.status, first.value, first.key) == (FRESH, value, KEY)
     assert first.stored_at.timestamp() == pytest.approx(clock.now)
@@ -182,9 +160,11 @@ async def test_miss_then_hit(
     assert await redis_client.exists(KeySpace(namespace).lease(KEY)) == 0
 
 
-async def test_entry_expires_from_fresh_on_the_clock(cache: CacheAside, clock: FakeClock) -> None:
-    store = Store()
-    store.put(KEY)
+async def test_entry_expires_from_fresh_on_the_clock(
+    cache: CacheAside, clock: FakeClock, experiment_db: ExperimentDb
+) -> None:
+    store = Loads(experiment_db)
+    await store.put(KEY)
     await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(jitter=0.0))
     clock.advance(60.0)
     again = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(jitter=0.0))
@@ -192,9 +172,11 @@ async def test_entry_expires_from_fresh_on_the_clock(cache: CacheAside, clock: F
     assert store.calls == 2
 
 
-async def test_fifty_concurrent_misses_load_once(cache: CacheAside, stats: CacheStats) -> None:
-    store = Store()
-    value = store.put(KEY)
+async def test_fifty_concurrent_misses_load_once(
+    cache: CacheAside, stats: CacheStats, experiment_db: ExperimentDb
+) -> None:
+    store = Loads(experiment_db)
+    value = await store.put(KEY)
     store.gate = asyncio.Event()
     callers = [
         asyncio.create_task(cache.get_or_load(KEY, Experiment, store.loader(KEY), policy()))
@@ -211,9 +193,13 @@ async def test_fifty_concurrent_misses_load_once(cache: CacheAside, stats: Cache
 
 
 async def test_not_found_is_cached_negatively(
-    cache: CacheAside, redis_client: aioredis.Redis, namespace: str, stats: CacheStats
+    cache: CacheAside,
+    redis_client: aioredis.Redis,
+    namespace: str,
+    stats: CacheStats,
+    experiment_db: ExperimentDb,
 ) -> None:
-    store = Store()
+    store = Loads(experiment_db)
     for _ in range(2):
         with pytest.raises(NotFound) as caught:
             await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(negative_ttl=30))
@@ -223,67 +209,95 @@ async def test_not_found_is_cached_negatively(
     assert 25_000 <= await redis_client.pttl(KeySpace(namespace).redis_key(KEY)) <= 30_000
 
 
-async def test_negative_entry_expires_on_the_clock(cache: CacheAside, clock: FakeClock) -> None:
-    store = Store()
+async def test_negative_entry_expires_on_the_clock(
+    cache: CacheAside, clock: FakeClock, experiment_db: ExperimentDb
+) -> None:
+    store = Loads(experiment_db)
     with pytest.raises(NotFound):
         await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(negative_ttl=30))
     clock.advance(30.0)
-    store.put(KEY)
+    await store.put(KEY)
     served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(negative_ttl=30))
     assert served.status == FRESH
     assert store.calls == 2
 
 
 async def test_loader_router_errors_propagate_and_are_not_cached(
-    cache: CacheAside, stats: CacheStats
+    cache: CacheAside,
+    stats: CacheStats,
+    experiment_db: ExperimentDb,
+    redis_client: aioredis.Redis,
+    namespace: str,
 ) -> None:
-    store = Store()
-    store.error = FailedPrecondition("experiment is archived")
+    # The store's own answer about the request is a RouterError other than
+    # Unavailable: a draft experiment assigns no one (EXPERIMENT_NOT_RUNNING).
+    await experiment_db.put("exp-1", status="draft")
+    store = PostgresStore(experiment_db.pool)
+    raised: list[BaseException] = []
+
+    async def load() -> Assignment | None:
+        try:
+            return await store.get_or_create_assignment("exp-1", "user-1")
+        except Exception as exc:
+            raised.append(exc)
+            raise
+
+    key = "assignment:exp-1:user-1"
+    assignments = CachePolicy(ASSIGNMENT, fresh_ttl=60.0, stale_ttl=3600.0)
     for _ in range(2):
         with pytest.raises(FailedPrecondition) as caught:
-            await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
-        assert caught.value is store.error
-    assert store.calls == 2
-    assert Outcome.LOAD_ERROR not in counts(stats)
+            await cache.get_or_load(key, Assignment, load, assignments)
+        assert caught.value is raised[-1]
+        assert caught.value.reason == "EXPERIMENT_NOT_RUNNING"
+    assert store.queries == 2
+    assert Outcome.LOAD_ERROR not in stats.snapshot().per_type.get(ASSIGNMENT, {})
+    await cache.settle()
+    assert await redis_client.exists(KeySpace(namespace).redis_key(key)) == 0
 
 
 # -- stale-if-error --------------------------------------------------------------------
 
 
 async def test_store_failure_serves_stale_entry(
-    cache: CacheAside, clock: FakeClock, stats: CacheStats
+    cache: CacheAside, clock: FakeClock, stats: CacheStats, experiment_db: ExperimentDb
 ) -> None:
-    store = Store()
-    value = store.put(KEY)
+    store = Loads(experiment_db)
+    value = await store.put(KEY)
     first = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
     clock.advance(60.0 * 1.1)  # past any jittered fresh time, well inside the stale window
-    store.error = ConnectionError("postgres is down")
+    experiment_db.down()
     stale = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
     assert (stale.status, stale.value, stale.stored_at) == (STALE, value, first.stored_at)
     assert counts(stats)[Outcome.STALE] == 1
     assert counts(stats)[Outcome.LOAD_ERROR] == 1
+    [failure] = store.raised
+    assert isinstance(failure, Unavailable)
+    assert failure.metadata["store"] == "postgres"
     # The store recovers: the next read loads again.
-    store.error = None
+    experiment_db.up()
     assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == FRESH
     assert store.calls == 3
 
 
 async def test_store_failure_without_entry_is_unavailable(
-    cache: CacheAside, stats: CacheStats
+    cache: CacheAside, stats: CacheStats, experiment_db: ExperimentDb
 ) -> None:
-    store = Store()
-    failure = ConnectionError("postgres is down")
-    store.error = failure
+    store = Loads(experiment_db)
+    await store.put(KEY)
+    experiment_db.down()
     with pytest.raises(Unavailable) as caught:
         await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
     assert KEY in caught.value.message
     assert "experiment" in caught.value.message
+    [failure] = store.raised
     assert caught.value.__cause__ is failure
+    assert isinstance(failure, Unavailable)
+    assert failure.metadata["store"] == "postgres"
     assert counts(stats)[Outcome.LOAD_ERROR] == 1
     # Nothing was cached: the next read loads again.
-    store.error = None
-    store.put(KEY)
+    experiment_db.up()
     assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == FRESH
+    assert store.calls == 2
 
 
 # -- envelope trust ---------------------------------------------------------------------
@@ -302,11 +316,15 @@ async def test_store_failure_without_entry_is_unavailable(
     ids=["garbage", "other-type", "future-schema", "bad-payload"],
 )
 async def test_untrusted_entries_are_misses_and_overwritten(
-    cache: CacheAside, redis_client: aioredis.Redis, namespace: str, raw: bytes
+    cache: CacheAside,
+    redis_client: aioredis.Redis,
+    namespace: str,
+    raw: bytes,
+    experiment_db: ExperimentDb,
 ) -> None:
     await redis_client.set(KeySpace(namespace).redis_key(KEY), raw)
-    store = Store()
-    value = store.put(KEY)
+    store = Loads(experiment_db)
+    value = await store.put(KEY)
     served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
     assert (served.status, served.value) == (FRESH, value)
     assert (
@@ -319,7 +337,7 @@ async def test_untrusted_entries_are_misses_and_overwritten(
 
 
 async def test_lease_makes_second_instance_wait_for_the_first(
-    redis_client: aioredis.Redis, namespace: str, clock: FakeClock
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock, experiment_db: ExperimentDb
 ) -> None:
     # Two CacheAside objects with their own single-flight maps are two processes.
     stats_a, stats_b = CacheStats(), CacheStats()
@@ -329,9 +347,8 @@ async def test_lease_makes_second_instance_wait_for_the_first(
     b = CacheAside(
         redis_client, KeySpace(namespace), stats_b, CircuitBreaker(), clock=clock, redis_timeout=2.0
     )
-    store_a, store_b = Store(), Store()
-    value = store_a.put(KEY)
-    store_b.put(KEY)
+    store_a, store_b = Loads(experiment_db), Loads(experiment_db)
+    value = await store_a.put(KEY)  # one table: both instances read the same row
     store_a.gate = asyncio.Event()
     slow_lease = policy(lease_ttl_ms=10_000, lease_wait_ms=1_200)
     try:
@@ -352,12 +369,16 @@ async def test_lease_makes_second_instance_wait_for_the_first(
 
 
 async def test_lease_of_a_vanished_instance_only_delays(
-    cache: CacheAside, redis_client: aioredis.Redis, namespace: str, stats: CacheStats
+    cache: CacheAside,
+    redis_client: aioredis.Redis,
+    namespace: str,
+    stats: CacheStats,
+    experiment_db: ExperimentDb,
 ) -> None:
     # Another instance took the lease and died before storing anything.
     await redis_client.set(KeySpace(namespace).lease(KEY), b"someone-else", px=10_000)
-    store = Store()
-    store.put(KEY)
+    store = Loads(experiment_db)
+    await store.put(KEY)
     served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(lease_wait_ms=40))
     assert served.status == FRESH
     assert store.calls == 1
@@ -370,10 +391,10 @@ async def test_lease_of_a_vanished_instance_only_delays(
 
 
 async def test_cancelled_first_caller_does_not_cancel_the_load(
-    cache: CacheAside, stats: CacheStats
+    cache: CacheAside, stats: CacheStats, experiment_db: ExperimentDb
 ) -> None:
-    store = Store()
-    value = store.put(KEY)
+    store = Loads(experiment_db)
+    value = await store.put(KEY)
     store.gate = asyncio.Event()
     first = asyncio.create_task(cache.get_or_load(KEY, Experiment, store.loader(KEY), policy()))
     await asyncio.wait_for(store.started.wait(), 5)
@@ -397,7 +418,11 @@ async def test_cancelled_first_caller_does_not_cancel_the_load(
 
 
 async def test_early_refresh_runs_in_background(
-    redis_client: aioredis.Redis, namespace: str, clock: FakeClock, stats: CacheStats
+    redis_client: aioredis.Redis,
+    namespace: str,
+    clock: FakeClock,
+    stats: CacheStats,
+    experiment_db: ExperimentDb,
 ) -> None:
     # u = 0.01 gives a head start of -ln(0.01) * 2 s = 9.2 s before fresh_until.
     cache = CacheAside(
@@ -408,8 +433,8 @@ async def test_early_refresh_runs_in_background(
         clock=clock,
         rng=FixedRandom(0.01),
     )
-    store = Store(clock=clock, load_seconds=2.0)
-    store.put(KEY, version=1)
+    store = Loads(experiment_db, clock=clock, load_seconds=2.0)
+    await store.put(KEY, version=1)
     exact = policy(jitter=0.0, fresh_ttl=100.0)
     try:
         first = await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)
@@ -419,7 +444,7 @@ async def test_early_refresh_runs_in_background(
         assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)).status == CACHED
         assert store.calls == 1
         clock.advance(49.0)  # 1 s before expiry, inside the head start
-        store.put(KEY, version=2)
+        await store.put(KEY, version=2)
         served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)
         assert (served.status, served.value.version) == (CACHED, 1)
         assert counts(stats)[Outcome.EARLY_REFRESH] == 1
@@ -441,7 +466,7 @@ async def test_early_refresh_runs_in_background(
 
 
 async def test_aclose_cancels_pending_refreshes(
-    redis_client: aioredis.Redis, namespace: str, clock: FakeClock
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock, experiment_db: ExperimentDb
 ) -> None:
     cache = CacheAside(
         redis_client,
@@ -451,8 +476,8 @@ async def test_aclose_cancels_pending_refreshes(
         clock=clock,
         rng=FixedRandom(1e-9),
     )
-    store = Store(clock=clock, load_seconds=1.0)
-    store.put(KEY)
+    store = Loads(experiment_db, clock=clock, load_seconds=1.0)
+    await store.put(KEY)
     exact = policy(jitter=0.0)
     await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)
     await cache.settle()  # in Redis: the next reads are Redis hits
@@ -469,11 +494,11 @@ async def test_aclose_cancels_pending_refreshes(
 
 
 async def test_dead_redis_fails_open_and_breaker_stops_calls(
-    namespace: str, clock: FakeClock, stats: CacheStats
+    namespace: str, clock: FakeClock, stats: CacheStats, experiment_db: ExperimentDb
 ) -> None:
     breaker = CircuitBreaker(failure_threshold=3, reset_timeout=2.0, clock=clock)
-    store = Store()
-    value = store.put(KEY)
+    store = Loads(experiment_db)
+    value = await store.put(KEY)
     async with dead_redis() as dead:
         cache = CacheAside(dead, KeySpace(namespace), stats, breaker, clock=clock)
         for _ in range(3):
@@ -501,11 +526,15 @@ async def test_dead_redis_fails_open_and_breaker_stops_calls(
 
 
 async def test_breaker_closes_when_redis_is_back(
-    redis_client: aioredis.Redis, namespace: str, clock: FakeClock, stats: CacheStats
+    redis_client: aioredis.Redis,
+    namespace: str,
+    clock: FakeClock,
+    stats: CacheStats,
+    experiment_db: ExperimentDb,
 ) -> None:
     breaker = CircuitBreaker(failure_threshold=2, reset_timeout=2.0, clock=clock)
-    store = Store()
-    store.put(KEY)
+    store = Loads(experiment_db)
+    await store.put(KEY)
     async with dead_redis() as dead:
         down = CacheAside(dead, KeySpace(namespace), stats, breaker, clock=clock)
         for _ in range(2):
@@ -529,55 +558,46 @@ async def test_breaker_closes_when_redis_is_back(
 
 
 async def test_unresponsive_redis_is_bounded_by_the_timeout(
-    namespace: str, clock: FakeClock, stats: CacheStats
+    namespace: str,
+    clock: FakeClock,
+    stats: CacheStats,
+    experiment_db: ExperimentDb,
+    tmp_path: Path,
 ) -> None:
-    # A server that accepts connections and never answers: only our timeout ends calls.
-    connections: list[asyncio.StreamWriter] = []
-
-    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(writer)
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(4096):
-                pass
-
-    server = await asyncio.start_server(black_hole, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = aioredis.Redis(
-        host="127.0.0.1", port=port, socket_timeout=30, retry=Retry(NoBackoff(), 0)
-    )
-    store = Store()
-    store.put(KEY)
-    cache = CacheAside(
-        client,
-        KeySpace(namespace),
-        stats,
-        CircuitBreaker(failure_threshold=2, clock=clock),
-        clock=clock,
-        redis_timeout=0.05,
-    )
-    try:
-        for _ in range(3):
-            served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
-            assert served.status == FRESH
-        assert stats.redis_errors == 2
-        assert cache.breaker.state == "open"
-    finally:
-        await cache.aclose()
-        await client.aclose()
-        for writer in connections:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+    # A private Valkey paused with SIGSTOP: the kernel still accepts connections,
+    # nothing answers, and only our timeout ends calls.
+    with restartable_valkey(tmp_path / "valkey") as valkey:
+        client = aioredis.Redis.from_url(valkey.url, socket_timeout=30, retry=Retry(NoBackoff(), 0))
+        store = Loads(experiment_db)
+        await store.put(KEY)
+        cache = CacheAside(
+            client,
+            KeySpace(namespace),
+            stats,
+            CircuitBreaker(failure_threshold=2, clock=clock),
+            clock=clock,
+            redis_timeout=0.05,
+        )
+        try:
+            with frozen(valkey_pid(valkey.url)):
+                for _ in range(3):
+                    served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
+                    assert served.status == FRESH
+                assert stats.redis_errors == 2
+                assert cache.breaker.state == "open"
+        finally:
+            await cache.aclose()
+            await client.aclose()
 
 
 # -- invalidation ---------------------------------------------------------------------------
 
 
 async def test_invalidate_removes_keys_and_next_read_is_fresh(
-    cache: CacheAside, stats: CacheStats
+    cache: CacheAside, stats: CacheStats, experiment_db: ExperimentDb
 ) -> None:
-    store = Store()
-    store.put(KEY)
+    store = Loads(experiment_db)
+    await store.put(KEY)
     await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
     assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())).status == CACHED
     assert await cache.invalidate([KEY, "experiment:never-cached", KEY]) == 1
@@ -588,21 +608,23 @@ async def test_invalidate_removes_keys_and_next_read_is_fresh(
 
 
 async def test_invalidate_during_a_load_keeps_its_result_out_of_the_cache(
-    cache: CacheAside, redis_client: aioredis.Redis, namespace: str
+    cache: CacheAside, redis_client: aioredis.Redis, namespace: str, experiment_db: ExperimentDb
 ) -> None:
-    store = Store()
-    store.put(KEY, version=1)
-    store.gate = asyncio.Event()
+    store = Loads(experiment_db)
+    await store.put(KEY, version=1)
+    store.gate_after = asyncio.Event()
     reader = asyncio.create_task(cache.get_or_load(KEY, Experiment, store.loader(KEY), policy()))
-    await asyncio.wait_for(store.started.wait(), 5)
-    store.put(KEY, version=2)  # a write lands while the old value is being loaded ...
+    await asyncio.wait_for(store.queried.wait(), 5)  # the old value is read ...
+    await store.put(KEY, version=2)  # ... a write commits while the load is in flight ...
     await cache.invalidate([KEY])  # ... and invalidates
-    store.gate.set()
-    assert (await reader).status == FRESH  # the concurrent reader gets an answer
+    store.gate_after.set()
+    served = await reader
+    assert (served.status, served.value.version) == (FRESH, 1)  # the reader gets an answer
+    await cache.settle()
     assert (
         await redis_client.exists(KeySpace(namespace).redis_key(KEY)) == 0
     )  # but it was not cached
-    store.gate = None
+    store.gate_after = None
     after = await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy())
     assert (after.status, after.value.version) == (FRESH, 2)
 
@@ -621,12 +643,16 @@ async def test_invalidate_raises_when_redis_is_down(namespace: str, stats: Cache
 
 
 async def test_disabled_policy_touches_no_redis(
-    redis_url: str, namespace: str, redis_client: aioredis.Redis, stats: CacheStats
+    redis_url: str,
+    namespace: str,
+    redis_client: aioredis.Redis,
+    stats: CacheStats,
+    experiment_db: ExperimentDb,
 ) -> None:
     counting = CountingRedis.from_url(redis_url)
     cache = CacheAside(counting, KeySpace(namespace), stats, CircuitBreaker())
-    store = Store()
-    store.put(KEY)
+    store = Loads(experiment_db)
+    await store.put(KEY)
     off = policy(enabled=False)
     try:
         for _ in range(3):
@@ -643,13 +669,13 @@ async def test_disabled_policy_touches_no_redis(
 
 
 async def test_a_write_on_another_instance_beats_a_load_in_flight(
-    redis_client: aioredis.Redis, namespace: str, clock: FakeClock
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock, experiment_db: ExperimentDb
 ) -> None:
     """Instance A reads the store, instance B writes and invalidates, then A
     finishes: A's old value must not land in the cache (its lease was removed)."""
-    store = Store()
-    store.put(KEY, version=1)
-    store.gate = asyncio.Event()
+    store = Loads(experiment_db)
+    await store.put(KEY, version=1)
+    store.gate_after = asyncio.Event()
     instance_a = CacheAside(
         redis_client, KeySpace(namespace), CacheStats(), CircuitBreaker(), clock=clock
     )
@@ -660,17 +686,15 @@ async def test_a_write_on_another_instance_beats_a_load_in_flight(
         reading = asyncio.create_task(
             instance_a.get_or_load(KEY, Experiment, store.loader(KEY), policy())
         )
-        await store.started.wait()  # A has read nothing yet but holds the lease
-        store.put(KEY, version=2)  # B's write commits ...
+        await store.queried.wait()  # A holds the lease and has read version 1
+        await store.put(KEY, version=2)  # B's write commits ...
         await instance_b.invalidate([KEY])  # ... and invalidates
-        old = store.rows[KEY]
-        store.rows[KEY] = Experiment(experiment_id="exp-1", name="checkout", version=1)
-        store.gate.set()  # A's load returns the value it read before the write
+        store.gate_after.set()  # A's load returns the value it read before the write
         served = await reading
         assert (served.status, served.value.version) == (FRESH, 1)
+        await instance_a.settle()
         assert await redis_client.exists(KeySpace(namespace).redis_key(KEY)) == 0  # not stored
-        store.rows[KEY] = old
-        store.gate = None
+        store.gate_after = None
         again = await instance_b.get_or_load(KEY, Experiment, store.loader(KEY), policy())
         assert (again.status, again.value.version) == (FRESH, 2)
     finally:

@@ -34,6 +34,7 @@ from mcprouter.v1 import search_pb2 as search
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 from tests import backends
 from tests.chroma_server import ChromaServer, chroma_server, free_port
+from tests.faults.harness import frozen
 
 CACHED = ServeStatus.SERVE_STATUS_CACHED
 FRESH = ServeStatus.SERVE_STATUS_FRESH
@@ -439,44 +440,124 @@ async def test_numeric_filters_run_in_chroma(rig: Rig) -> None:
 # --- Chroma down -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
-async def test_chroma_down_serves_stale_or_unavailable(
-    mode: str, redis_client: aioredis.Redis, namespace: str, tmp_path: Path
-) -> None:
-    # Its own server (or embedded database): this test takes it down.
-    own_server = ChromaServer(tmp_path / "server") if mode == "server" else None
-    try:
-        store = await open_store(mode, tmp_path, own_server)
-        rig = build_rig(redis_client, namespace, store)
-        rng = np.random.default_rng(4)
-        collection = collection_name()
-        await upsert(rig, collection, items(unit_vectors(rng, 20)))
-        cached_op = query(collection, unit_vectors(rng, 1)[0], k=3)
-        _, answer = await run_search(rig, cached_op)
+async def cache_one_search(rig: Rig) -> tuple[str, rs.SemanticSearchOperation, search.SearchResult]:
+    """A collection with 20 vectors and one search of it, cached."""
+    collection = collection_name()
+    rng = np.random.default_rng(4)
+    await upsert(rig, collection, items(unit_vectors(rng, 20)))
+    cached_op = query(collection, unit_vectors(rng, 1)[0], k=3)
+    status, answer = await run_search(rig, cached_op)
+    assert status == FRESH
+    await rig.cache.settle()
+    return collection, cached_op, answer
 
-        if own_server is not None:
-            own_server.stop()
-        else:
-            await store.close()
-        assert (await run_search(rig, cached_op))[0] == CACHED  # still fresh
-        rig.clock.offset = 700  # past the 600 s freshness, within the stale window
-        status, stale = await run_search(rig, cached_op)
-        assert status == STALE
-        assert stale == answer
-        with pytest.raises(errors.Unavailable):
-            await rig.processor.semantic_search(query(collection, unit_vectors(rng, 1)[0], k=3))
-        with pytest.raises(errors.Unavailable):
-            await rig.processor.upsert_embeddings(
-                rs.UpsertEmbeddingsOperation(
-                    collection=collection, items=[search.EmbeddingItem(id="z", embedding=[1] * DIM)]
-                )
+
+async def assert_down(
+    rig: Rig,
+    collection: str,
+    cached_op: rs.SemanticSearchOperation,
+    answer: search.SearchResult,
+    *,
+    closed: bool = False,
+) -> None:
+    """While Chroma is down: cached answers served, the rest UNAVAILABLE naming Chroma.
+
+    A failed call names its collection and operation; a closed store refuses
+    before any call (``StoreClosed``), so it names neither.
+    """
+    assert (await run_search(rig, cached_op))[0] == CACHED  # still fresh: Chroma not asked
+    rig.clock.offset = 700  # past the 600 s freshness, within the stale window
+    status, stale = await run_search(rig, cached_op)
+    assert status == STALE
+    assert stale == answer
+    other = query(collection, [1.0] + [0.0] * (DIM - 1), k=3)
+    with pytest.raises(errors.Unavailable) as caught:
+        await rig.processor.semantic_search(other)
+    cause = caught.value.__cause__
+    assert isinstance(cause, errors.Unavailable)
+    assert "Chroma" in cause.message
+    if closed:
+        assert isinstance(cause, errors.StoreClosed)
+    else:
+        assert cause.metadata == {"collection": collection, "operation": "query"}
+    with pytest.raises(errors.Unavailable) as caught:
+        await rig.processor.upsert_embeddings(
+            rs.UpsertEmbeddingsOperation(
+                collection=collection, items=[search.EmbeddingItem(id="z", embedding=[1] * DIM)]
             )
+        )
+    assert "Chroma" in caught.value.message
+    if closed:
+        assert isinstance(caught.value, errors.StoreClosed)
+    else:
+        assert caught.value.metadata == {"collection": collection, "operation": "dimension"}
+
+
+async def assert_recovered(
+    rig: Rig, collection: str, cached_op: rs.SemanticSearchOperation
+) -> None:
+    """Chroma is back: searches load again, and a write is searchable."""
+    new = [1.0, 1.0] + [0.0] * (DIM - 2)
+    await upsert(rig, collection, [search.EmbeddingItem(id="after", embedding=new)])
+    status, result = await run_search(rig, query(collection, new, k=1))
+    assert (status, [h.id for h in result.hits]) == (FRESH, ["after"])
+    assert (await run_search(rig, cached_op))[0] == FRESH  # the write made the entry unreachable
+    assert (await run_search(rig, cached_op))[0] == CACHED
+
+
+async def test_chroma_server_stopped_serves_stale_or_unavailable_then_recovers(
+    redis_client: aioredis.Redis, namespace: str, tmp_path: Path
+) -> None:
+    # Its own server: this test stops it and starts it again on the same port and data.
+    with chroma_server(tmp_path / "server") as own_server:
+        store = await open_chroma(own_server.url, tmp_path / "unused")
+        rig = build_rig(redis_client, namespace, store)
+        try:
+            collection, cached_op, answer = await cache_one_search(rig)
+            own_server.stop()
+            await assert_down(rig, collection, cached_op, answer)
+            own_server.restart()
+            await assert_recovered(rig, collection, cached_op)
+        finally:
+            await rig.processor.aclose()
+            await rig.cache.aclose()
+            await store.close()
+
+
+async def test_chroma_server_paused_serves_stale_or_unavailable_then_recovers(
+    redis_client: aioredis.Redis, namespace: str, tmp_path: Path
+) -> None:
+    # SIGSTOP: connections are accepted by the kernel and never answered; only
+    # the store's own bound on each call (timeout_s) ends them.
+    with chroma_server(tmp_path / "server") as own_server:
+        store = await open_chroma(own_server.url, tmp_path / "unused", timeout_s=1.0)
+        rig = build_rig(redis_client, namespace, store)
+        try:
+            collection, cached_op, answer = await cache_one_search(rig)
+            with frozen(own_server.pid):
+                await assert_down(rig, collection, cached_op, answer)
+            await assert_recovered(rig, collection, cached_op)
+        finally:
+            await rig.processor.aclose()
+            await rig.cache.aclose()
+            await store.close()
+
+
+async def test_closed_embedded_store_serves_stale_or_unavailable(
+    redis_client: aioredis.Redis, namespace: str, tmp_path: Path
+) -> None:
+    # The embedded database has no server to lose; what it can become is
+    # closed (at shutdown), and a closed store answers like one that is down.
+    store = await open_chroma(None, tmp_path / "chroma")
+    rig = build_rig(redis_client, namespace, store)
+    try:
+        collection, cached_op, answer = await cache_one_search(rig)
+        await store.close()
+        await assert_down(rig, collection, cached_op, answer, closed=True)
+    finally:
         await rig.processor.aclose()
         await rig.cache.aclose()
         await store.close()
-    finally:
-        if own_server is not None:
-            own_server.stop()
 
 
 async def test_server_started_down_connects_later(tmp_path: Path) -> None:

@@ -1,5 +1,9 @@
 """The ClickHouse processor on the real engine (chDB via clickhouse-connect) and real Redis.
 
+Experiments come from PostgreSQL through the cache, as the server wires it
+(``experiment_lookup`` over ``PostgresStore.get_experiment``). A failed insert
+is a real one: the batch goes to a ClickHouse client of a closed port.
+
 Properties are shown by counting: rows in ClickHouse, inserts and queries of
 the store, outcomes of the cache; never by timing. chDB opens one data path
 per process, so the module shares one store and isolates tests by experiment id.
@@ -12,10 +16,11 @@ import math
 import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -26,11 +31,13 @@ from mcprouter.server.clickhouse.processor import (
     CONVERSION_EVENT_TYPE,
     ClickHousePolicies,
     ClickHouseProcessor,
+    experiment_lookup,
 )
 from mcprouter.server.clickhouse.schema import apply_clickhouse_migrations
 from mcprouter.server.clickhouse.store import ClickHouseStore, open_clickhouse
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.operations import validated as validate_route_data
+from mcprouter.server.postgres.store import PostgresStore
 from mcprouter.server.redis.connection import create_redis
 from mcprouter.server.stats import CacheStats
 from mcprouter.v1 import router_service_pb2 as rs
@@ -79,17 +86,29 @@ class Rig:
     batcher: EventBatcher[Event]
     cache: CacheAside
     stats: CacheStats
-    experiments: dict[str, Experiment] = field(default_factory=dict)
-    fail_inserts: bool = False
+    postgres: PostgresStore
+    unreachable: ClickHouseStore
+    inserts_to: ClickHouseStore  # where the batcher's inserts go: ``store`` or ``unreachable``
 
-    def add_experiment(self, variants: Sequence[str] = ("control", "treatment")) -> str:
+    async def add_experiment(self, variants: Sequence[str] = ("control", "treatment")) -> str:
+        """A running experiment, created in PostgreSQL as the upsert RPC creates it."""
         exp_id = f"e-{uuid.uuid4().hex[:10]}"
-        self.experiments[exp_id] = Experiment(
-            experiment_id=exp_id,
-            status=ExperimentStatus.EXPERIMENT_STATUS_RUNNING,
-            variants=[Variant(name=v, weight=1) for v in variants],
+        await self.postgres.upsert_experiment(
+            Experiment(
+                experiment_id=exp_id,
+                name=f"name of {exp_id}",
+                status=ExperimentStatus.EXPERIMENT_STATUS_RUNNING,
+                variants=[Variant(name=v, weight=1) for v in variants],
+            )
         )
         return exp_id
+
+    def clickhouse_down(self) -> None:
+        """Inserts go to a real ClickHouse client of a port nothing listens on."""
+        self.inserts_to = self.unreachable
+
+    def clickhouse_up(self) -> None:
+        self.inserts_to = self.store
 
 
 @pytest.fixture
@@ -106,39 +125,37 @@ async def pooled_redis(
 
 @pytest.fixture
 async def rig(
-    store: ClickHouseStore, pooled_redis: aioredis.Redis, namespace: str
+    store: ClickHouseStore, pooled_redis: aioredis.Redis, namespace: str, pool: asyncpg.Pool
 ) -> AsyncIterator[Rig]:
     redis_client = pooled_redis
     stats, keyspace = CacheStats(), KeySpace(namespace)
     core = wiring.cache_core(redis_client, keyspace, stats, redis_timeout_s=2.0)
     cache = core.cache
-    experiments: dict[str, Experiment] = {}
+    postgres = PostgresStore(pool)
+    # As app.py wires it: experiments are read from PostgreSQL through the cache.
+    lookup = experiment_lookup(
+        cache,
+        postgres.get_experiment,
+        CachePolicy(DataType.DATA_TYPE_EXPERIMENT, fresh_ttl=86_400, xfetch_beta=0.0),
+    )
+    # Opens nothing until its first insert, which the closed port refuses.
+    unreachable = await open_clickhouse(f"http://127.0.0.1:{closed_port()}")
     holder: list[Rig] = []
-    dead_url = f"http://127.0.0.1:{closed_port()}"
 
     async def insert(events: Sequence[Event]) -> None:
-        if holder[0].fail_inserts:
-            # A real ClickHouse client, sent to a port nothing listens on.
-            dead = await open_clickhouse(dead_url)
-            try:
-                await dead.insert_events(events)
-            finally:
-                await dead.close()
-        await store.insert_events(events)
-
-    async def lookup(exp_id: str) -> Experiment | None:
-        return experiments.get(exp_id)
+        await holder[0].inserts_to.insert_events(events)
 
     batcher: EventBatcher[Event] = EventBatcher(insert, max_batch=5000, max_delay_ms=15)
     processor = wiring.clickhouse_processor(
         core, store, batcher, policies=policies(), experiments=lookup
     )
-    rig = Rig(processor, store, batcher, cache, stats, experiments)
+    rig = Rig(processor, store, batcher, cache, stats, postgres, unreachable, store)
     holder.append(rig)
     yield rig
     await processor.aclose()
     await batcher.aclose()
     await cache.aclose()
+    await unreachable.close()
 
 
 def hour_of(moment: datetime) -> datetime:
@@ -189,7 +206,7 @@ async def test_same_event_sent_50_times_at_once_is_stored_once(rig: Rig) -> None
     """One copy is STORED; the others are DUPLICATE once it is stored, or
     UNAVAILABLE EVENTS_IN_FLIGHT while it is being stored (never DUPLICATE
     before: that insert could still fail)."""
-    exp = rig.add_experiment()
+    exp = await rig.add_experiment()
     e = event(exp)
     results = await asyncio.gather(*(track(rig, [e]) for _ in range(50)), return_exceptions=True)
     statuses = [r.outcomes[0].status for r in results if isinstance(r, TrackEventsResult)]
@@ -203,7 +220,7 @@ async def test_same_event_sent_50_times_at_once_is_stored_once(rig: Rig) -> None
 
 
 async def test_repeats_within_one_request_are_duplicates(rig: Rig) -> None:
-    exp = rig.add_experiment()
+    exp = await rig.add_experiment()
     a, b = event(exp), event(exp)
     result = await track(rig, [a, b, a, a])
     assert [o.status for o in result.outcomes] == [STORED, STORED, DUPLICATE, DUPLICATE]
@@ -214,7 +231,7 @@ async def test_repeats_within_one_request_are_duplicates(rig: Rig) -> None:
 
 
 async def test_group_commit_many_tracks_few_inserts_nothing_lost(rig: Rig) -> None:
-    exp = rig.add_experiment()
+    exp = await rig.add_experiment()
     inserts = rig.store.inserts
     results = await asyncio.gather(*(track(rig, [event(exp, user=f"u{i}")]) for i in range(200)))
     assert all(r.stored == 1 for r in results)
@@ -224,22 +241,23 @@ async def test_group_commit_many_tracks_few_inserts_nothing_lost(rig: Rig) -> No
 
 
 async def test_failed_insert_is_reported_and_events_can_be_retried(rig: Rig) -> None:
-    exp = rig.add_experiment()
+    exp = await rig.add_experiment()
     batch = [event(exp, user=f"u{i}") for i in range(5)]
-    rig.fail_inserts = True
+    rig.clickhouse_down()
     outcomes = await asyncio.gather(
         track(rig, batch[:3]), track(rig, batch[3:]), return_exceptions=True
     )
     assert all(isinstance(o, errors.Unavailable) for o in outcomes), outcomes
+    assert all(o.metadata["store"] == "clickhouse" for o in outcomes), outcomes
     assert await rig.store.count_events(exp) == 0
-    rig.fail_inserts = False
+    rig.clickhouse_up()
     retried = await track(rig, batch)  # markers were released: accepted, not DUPLICATE
     assert retried.stored == 5
     assert await rig.store.count_events(exp) == 5
 
 
 async def test_open_hour_metrics_equal_a_direct_clickhouse_count(rig: Rig) -> None:
-    exp = rig.add_experiment()
+    exp = await rig.add_experiment()
     now = datetime.now(UTC)
     hour = hour_of(now)
     at = max(hour, now - timedelta(seconds=1))
@@ -260,7 +278,7 @@ async def test_open_hour_metrics_equal_a_direct_clickhouse_count(rig: Rig) -> No
 
 
 async def test_closed_hour_is_cached_and_a_late_event_invalidates_it(rig: Rig) -> None:
-    exp = rig.add_experiment()
+    exp = await rig.add_experiment()
     hour = hour_of(datetime.now(UTC)) - timedelta(hours=3)
     await track(rig, [event(exp, user=f"u{i}", at=hour + timedelta(minutes=i)) for i in range(6)])
     queries = rig.store.queries
@@ -282,7 +300,7 @@ async def test_metrics_of_unknown_experiment_is_not_found(rig: Rig) -> None:
 
 
 async def test_analytics_against_a_hand_computed_fixture(rig: Rig) -> None:
-    exp = rig.add_experiment(("control", "treatment", "empty"))
+    exp = await rig.add_experiment(("control", "treatment", "empty"))
     day = hour_of(datetime.now(UTC)).replace(hour=0) - timedelta(days=1)
     noon = day + timedelta(hours=12)
     events: list[Event] = []
@@ -356,7 +374,7 @@ async def test_analytics_against_a_hand_computed_fixture(rig: Rig) -> None:
 
 
 async def test_unknown_experiment_or_variant_is_invalid_argument(rig: Rig) -> None:
-    exp = rig.add_experiment()
+    exp = await rig.add_experiment()
     good = event(exp)
     with pytest.raises(errors.InvalidArgument) as caught:
         await track(rig, [good, event("missing-exp"), event(exp, variant="nope")])

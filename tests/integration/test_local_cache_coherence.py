@@ -1,10 +1,10 @@
-"""Two instances with an L1 each, sharing one real Redis: an invalidation on
-either one reaches the other's memory."""
+"""Two instances with an L1 each, sharing one real Redis and one PostgreSQL table:
+an invalidation on either one reaches the other's memory."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,6 +14,7 @@ from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.experiment_pb2 import Experiment
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
+from tests.integration.pg_experiments import ExperimentDb, Loads
 
 EXPERIMENT = DataType.DATA_TYPE_EXPERIMENT
 POLICY = CachePolicy(EXPERIMENT, fresh_ttl=600, xfetch_beta=0.0)
@@ -21,7 +22,7 @@ KEY = "experiment:hot"
 
 
 class Instance:
-    def __init__(self, redis: aioredis.Redis, namespace: str) -> None:
+    def __init__(self, redis: aioredis.Redis, namespace: str, db: ExperimentDb) -> None:
         self.stats = CacheStats()
         self.local = LocalCache(
             max_entries=100, max_age=60, clock=lambda: asyncio.get_running_loop().time() + 1e9
@@ -34,18 +35,11 @@ class Instance:
             redis_timeout=2.0,
             local=self.local,
         )
-        self.loads = 0
-        self.version = 1
-
-    def loader(self) -> Callable[[], Awaitable[Experiment | None]]:
-        async def load() -> Experiment:
-            self.loads += 1
-            return Experiment(experiment_id="hot", version=self.version)
-
-        return load
+        # The production loader (PostgresStore.get_experiment), counted.
+        self.store = Loads(db)
 
     async def read(self) -> tuple[int, int]:
-        served = await self.cache.get_or_load(KEY, Experiment, self.loader(), POLICY)
+        served = await self.cache.get_or_load(KEY, Experiment, self.store.loader(KEY), POLICY)
         return served.status, served.value.version
 
     def local_hits(self) -> int:
@@ -62,9 +56,11 @@ async def eventually(condition: Callable[[], bool]) -> None:
 
 @pytest.fixture
 async def pair(
-    redis_client: aioredis.Redis, namespace: str
+    redis_client: aioredis.Redis, namespace: str, experiment_db: ExperimentDb
 ) -> AsyncIterator[tuple[Instance, Instance]]:
-    a, b = Instance(redis_client, namespace), Instance(redis_client, namespace)
+    await experiment_db.put("hot", version=1)
+    a = Instance(redis_client, namespace, experiment_db)
+    b = Instance(redis_client, namespace, experiment_db)
     a.cache.start()
     b.cache.start()
     await eventually(lambda: a.local.active and b.local.active)
@@ -82,11 +78,11 @@ async def test_hot_reads_skip_redis_until_another_instance_invalidates(
     assert await a.read() == (ServeStatus.SERVE_STATUS_CACHED, 1)
     assert a.local_hits() == 2
 
-    b.version = a.version = 2  # the write commits ...
+    await b.store.put(KEY, version=2)  # the write commits ...
     await b.cache.invalidate([KEY])  # ... and B invalidates
     await eventually(lambda: a.local.get(KEY) is None)
     assert await a.read() == (ServeStatus.SERVE_STATUS_FRESH, 2)
-    assert a.loads == 2
+    assert a.store.calls == 2
 
 
 async def test_pattern_invalidations_reach_other_instances(
@@ -100,8 +96,11 @@ async def test_pattern_invalidations_reach_other_instances(
     await eventually(lambda: a.local.get(KEY) is None)
 
 
-async def test_no_local_hits_without_the_feed(redis_client: aioredis.Redis, namespace: str) -> None:
-    lone = Instance(redis_client, namespace)  # never started: feed not connected
+async def test_no_local_hits_without_the_feed(
+    redis_client: aioredis.Redis, namespace: str, experiment_db: ExperimentDb
+) -> None:
+    await experiment_db.put("hot", version=1)
+    lone = Instance(redis_client, namespace, experiment_db)  # never started: feed not connected
     try:
         for _ in range(3):
             await lone.read()

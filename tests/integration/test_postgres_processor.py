@@ -1,5 +1,9 @@
 """The PostgreSQL processor through the cache core, on real Redis and PostgreSQL.
 
+Entries derived from an experiment (metrics, analytics) are cached by the real
+ClickHouse processor on an embedded ClickHouse (chDB); PostgreSQL outages are
+a TCP proxy that cuts and refuses connections.
+
 Every property is shown by counting store queries (``PostgresStore.queries``)
 and cache outcomes, never by timing.
 """
@@ -7,18 +11,27 @@ and cache outcomes, never by timing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from mcprouter.server import errors
+from mcprouter.server import errors, wiring
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker
+from mcprouter.server.clickhouse.ingest import EventBatcher
+from mcprouter.server.clickhouse.processor import (
+    ClickHousePolicies,
+    ClickHouseProcessor,
+    experiment_lookup,
+)
+from mcprouter.server.clickhouse.store import open_clickhouse
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.postgres.pool import create_pool
 from mcprouter.server.postgres.processor import PostgresPolicies, PostgresProcessor
@@ -26,10 +39,13 @@ from mcprouter.server.postgres.store import PostgresStore
 from mcprouter.server.redis.connection import create_redis
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1 import router_service_pb2 as rs
+from mcprouter.v1.events_pb2 import Event, EventMetrics, TrackEventsResult
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, UserProfile, Variant
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 from tests import backends
+from tests.consistency.proxy import PostgresProxy
 from tests.faults.harness import frozen, valkey_pid
+from tests.integration.pg_experiments import through_proxy
 
 CACHED = ServeStatus.SERVE_STATUS_CACHED
 FRESH = ServeStatus.SERVE_STATUS_FRESH
@@ -144,36 +160,90 @@ async def test_missing_ids_are_negatively_cached(rig: Rig) -> None:
     assert snapshot[Outcome.NEGATIVE_HIT] == 2
 
 
-async def _value(exp: Experiment) -> Experiment:
-    return exp
+@contextlib.asynccontextmanager
+async def clickhouse_beside(
+    rig: Rig, namespace: str, folder: Path
+) -> AsyncIterator[ClickHouseProcessor]:
+    """The ClickHouse processor on the rig's cache core, over a real chDB engine.
 
+    It looks experiments up through the cache in PostgreSQL, as ``app.py`` wires it.
+    """
+    store = await open_clickhouse(f"chdb://{folder / 'clickhouse'}", migrate=True)
+    batcher: EventBatcher[Event] = EventBatcher(store.insert_events, max_delay_ms=5)
+    core = wiring.Core(rig.cache, rig.cache.guard, KeySpace(namespace), rig.stats)
 
-def derived_policy() -> CachePolicy:
-    return CachePolicy(data_type=DataType.DATA_TYPE_ANALYTICS, fresh_ttl=600, xfetch_beta=0.0)
+    def make(data_type: DataType.ValueType, fresh: float) -> CachePolicy:
+        return CachePolicy(data_type=data_type, fresh_ttl=fresh, xfetch_beta=0.0)
+
+    processor = wiring.clickhouse_processor(
+        core,
+        store,
+        batcher,
+        policies=ClickHousePolicies(
+            event_metrics=make(DataType.DATA_TYPE_EVENT_METRICS, 900),
+            analytics=make(DataType.DATA_TYPE_ANALYTICS, 7200),
+            closed_hour=make(DataType.DATA_TYPE_EVENT_METRICS, 7 * 86_400),
+        ),
+        experiments=experiment_lookup(rig.cache, rig.store.get_experiment, policies().experiment),
+    )
+    try:
+        yield processor
+    finally:
+        await processor.aclose()
+        await batcher.aclose()
+        await store.close()
 
 
 async def test_update_invalidates_and_next_read_is_fresh(
-    rig: Rig, redis_client: aioredis.Redis, namespace: str
+    rig: Rig, redis_client: aioredis.Redis, namespace: str, tmp_path: Path
 ) -> None:
     exp = await create(rig, experiment(uid("e")))
     exp_id = exp.experiment_id
     await get_experiment(rig, exp_id)
-    # Derived entries cached the way the ClickHouse processor caches them.
-    derived_keys = [f"analytics:{exp_id}:20260101", f"metrics:{exp_id}:v0:clicks:2026010100"]
-    for key in derived_keys:
-        await rig.cache.get_or_load(key, Experiment, lambda e=exp: _value(e), derived_policy())
-    await rig.cache.settle()
-    space = KeySpace(namespace)
-    derived = [space.redis_key(k) for k in derived_keys]
-    assert await redis_client.exists(*derived) == 2
-    changed = Experiment()
-    changed.CopyFrom(exp)
-    changed.name = "renamed"
-    updated = await create(rig, changed)
-    assert updated.version == exp.version + 1
-    status, value = await get_experiment(rig, exp_id)
-    assert (status, value.name, value.version) == (FRESH, "renamed", updated.version)
-    assert await redis_client.exists(*derived) == 0
+    # Derived entries: yesterday's analytics and a closed hour's metrics, cached
+    # by the ClickHouse processor from events stored in ClickHouse.
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    noon = day + timedelta(hours=12)
+    async with clickhouse_beside(rig, namespace, tmp_path) as clickhouse:
+        events = []
+        for n, event_type in enumerate(["exposure", "click"]):
+            e = Event(
+                event_id=uuid.uuid4().hex,
+                experiment_id=exp_id,
+                user_id=f"u{n}",
+                variant="v0",
+                event_type=event_type,
+                value=1.0,
+            )
+            e.timestamp.FromDatetime(noon)
+            events.append(e)
+        tracked = await clickhouse.track_events(rs.TrackEventsOperation(events=events))
+        assert isinstance(tracked.value, TrackEventsResult)
+        assert tracked.value.stored == 2
+        metrics_op = rs.GetEventMetricsOperation(experiment_id=exp_id, variant="v0", metric="click")
+        metrics_op.hour.FromDatetime(noon)
+        analytics_op = rs.GetAnalyticsOperation(experiment_id=exp_id)
+        analytics_op.day.FromDatetime(day)
+        metrics = await clickhouse.get_event_metrics(metrics_op)
+        analytics = await clickhouse.get_analytics(analytics_op)
+        assert (metrics.status, analytics.status) == (FRESH, FRESH)
+        assert isinstance(metrics.value, EventMetrics)
+        assert metrics.value.count == 1
+        await rig.cache.settle()
+        space = KeySpace(namespace)
+        derived = [space.redis_key(metrics.cache_key), space.redis_key(analytics.cache_key)]
+        assert await redis_client.exists(*derived) == 2
+        assert (await clickhouse.get_analytics(analytics_op)).status == CACHED
+        changed = Experiment()
+        changed.CopyFrom(exp)
+        changed.name = "renamed"
+        updated = await create(rig, changed)
+        assert updated.version == exp.version + 1
+        status, value = await get_experiment(rig, exp_id)
+        assert (status, value.name, value.version) == (FRESH, "renamed", updated.version)
+        assert await redis_client.exists(*derived) == 0
+        assert (await clickhouse.get_analytics(analytics_op)).status == FRESH
+        assert (await clickhouse.get_event_metrics(metrics_op)).status == FRESH
 
 
 async def test_stale_version_is_aborted(rig: Rig) -> None:
@@ -236,23 +306,49 @@ async def test_only_running_experiments_assign_and_refusals_are_not_cached(rig: 
         )
 
 
-async def test_stale_is_served_when_postgres_is_gone(
-    redis_client: aioredis.Redis, migrated_dsn: str, namespace: str
+async def test_stale_is_served_while_postgres_is_unreachable_and_reads_recover(
+    redis_client: aioredis.Redis,
+    migrated_dsn: str,
+    namespace: str,
+    postgres_proxy: PostgresProxy,
 ) -> None:
-    pool = await create_pool(migrated_dsn, min_size=1, max_size=2)
+    # The pool reaches PostgreSQL through a proxy that the test makes cut every
+    # connection and refuse new ones: PostgreSQL is gone as far as the pool can tell.
+    pool = await create_pool(
+        through_proxy(migrated_dsn, postgres_proxy.port), min_size=1, max_size=2
+    )
     rig = build_rig(redis_client, pool, namespace, CircuitBreaker())
     try:
         exp = await create(rig, experiment(uid("e")))
         await get_experiment(rig, exp.experiment_id)
         never_read = await create(rig, experiment(uid("e")))
-        await pool.close()  # the store is gone
+        await rig.cache.settle()
+        postgres_proxy.unreachable()
         # Still fresh: served from the cache without noticing the store is down.
         assert (await get_experiment(rig, exp.experiment_id))[0] == CACHED
         rig.clock.offset = 2 * 86_400  # past freshness, inside the stale window
         assert await get_experiment(rig, exp.experiment_id) == (STALE, exp)
-        with pytest.raises(errors.Unavailable, match=never_read.experiment_id):
+        # Nothing cached: UNAVAILABLE, naming the key; the store's own error names PostgreSQL.
+        with pytest.raises(errors.Unavailable, match=never_read.experiment_id) as caught:
             await get_experiment(rig, never_read.experiment_id)
+        cause = caught.value.__cause__
+        assert isinstance(cause, errors.Unavailable)
+        assert cause.metadata["store"] == "postgres"
+        # A write fails as UNAVAILABLE from PostgreSQL; its outcome is unknown to
+        # the service, so it still invalidates the cached copy.
+        changed = experiment(exp.experiment_id, version=exp.version, name="during outage")
+        with pytest.raises(errors.Unavailable) as write_failed:
+            await create(rig, changed)
+        assert write_failed.value.metadata["store"] == "postgres"
+        space = KeySpace(namespace)
+        assert not await redis_client.exists(space.redis_key(f"experiment:{exp.experiment_id}"))
+
+        postgres_proxy.pass_through()  # the outage ends: reads load again
+        assert await get_experiment(rig, exp.experiment_id) == (FRESH, exp)  # never written
+        assert await get_experiment(rig, never_read.experiment_id) == (FRESH, never_read)
+        assert (await get_experiment(rig, never_read.experiment_id))[0] == CACHED
     finally:
+        postgres_proxy.pass_through()
         await rig.processor.aclose()
         await rig.cache.aclose()
         await pool.close()
