@@ -7,7 +7,10 @@ Three modes, switchable at any time from any thread:
   within a connection is kept), so each statement costs two delays or more;
 - ``unreachable()``: every open connection is cut at once and new ones are
   closed right after accept, which the driver sees as a reset connection,
-  like a PostgreSQL that went away.
+  like a PostgreSQL that went away;
+- ``refuse_new()``: open connections keep flowing, new ones are closed right
+  after accept (a driver's cancel request, sent on a connection of its own,
+  is lost).
 
 It runs on its own thread and event loop, so the checker's own load cannot
 slow the bytes down (or speed them up) behind the checker's back.
@@ -28,6 +31,7 @@ class PostgresProxy:
         self._upstream = upstream
         self._delay_s = 0.0
         self._down = False
+        self._refuse_new = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -52,6 +56,10 @@ class PostgresProxy:
     def pass_through(self) -> None:
         self._delay_s = 0.0
         self._down = False
+        self._refuse_new = False
+
+    def refuse_new(self) -> None:
+        self._refuse_new = True
 
     def slow(self, delay_s: float) -> None:
         self._down = False
@@ -84,7 +92,7 @@ class PostgresProxy:
         self._writers.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._down:
+        if self._down or self._refuse_new:
             writer.transport.abort()
             return
         task = asyncio.current_task()

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from mcprouter.server import errors
+from mcprouter.server import budget, errors
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker, LocalCache
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.postgres.pool import create_pool
@@ -28,10 +28,12 @@ from mcprouter.server.postgres.processor import PostgresPolicies, PostgresProces
 from mcprouter.server.postgres.store import PostgresStore
 from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.stats import CacheStats
+from mcprouter.server.writes import Writes
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, Variant
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 from tests.conditions import eventually, eventually_async
+from tests.integration.pg_experiments import ExperimentDb
 
 STORED = ServeStatus.SERVE_STATUS_STORED
 RUNNING = ExperimentStatus.EXPERIMENT_STATUS_RUNNING
@@ -187,6 +189,85 @@ async def test_path1_write_cancelled_after_commit_is_still_invalidated(
 
     await eventually_async(old_value_gone, "invalidation after the cancelled write")
     assert (await a.read(exp.experiment_id)).name == "v2"
+
+
+async def test_path1_a_write_that_commits_after_its_caller_gave_up_is_invalidated_once_it_did(
+    experiment_db: ExperimentDb,
+    postgres_dsn: str,
+    redis_client: aioredis.Redis,
+    namespace: str,
+) -> None:
+    """The UPDATE waits on a row lock past the caller's deadline and its cancel
+    request is lost (PostgreSQL cannot be reached on a new connection), so
+    PostgreSQL commits it *after* the writer's first invalidation, and a read
+    meanwhile cached the old row. The writer invalidates again once the server
+    process that ran the write is idle or gone, not after a fixed delay (set
+    to an hour here)."""
+    cache = CacheAside(redis_client, KeySpace(namespace), CacheStats(), CircuitBreaker())
+    cache.start()
+    store = PostgresStore(experiment_db.pool)
+    processor = PostgresProcessor(store, cache, policies(), writes=Writes(recheck_s=3600))
+    a = Instance(
+        processor,
+        store,
+        cache,
+        LocalCache(max_entries=0, max_age=60, clock=time.time),
+        RedisProcessor(cache, KeySpace(namespace)),
+    )
+    observer = await asyncpg.connect(postgres_dsn)
+    lock = experiment_db.admin.transaction()
+    try:
+        exp = await a.write(experiment(uid("e")))
+        exp_id = exp.experiment_id
+        assert (await a.read(exp_id)).version == 1
+        await lock.start()
+        await experiment_db.admin.execute(
+            "SELECT 1 FROM experiments WHERE experiment_id = $1 FOR UPDATE", exp_id
+        )
+
+        async def write_with_deadline() -> None:
+            budget.set_timeout(1.0)
+            await a.write(experiment(exp_id, version=1, name="v2"))
+
+        write = asyncio.create_task(write_with_deadline())
+
+        async def update_waits_on_the_lock() -> bool:
+            waiting = await observer.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%UPDATE experiments%' AND pid <> pg_backend_pid()"
+            )
+            return bool(waiting)
+
+        await eventually_async(update_waits_on_the_lock, "the UPDATE blocked on the row lock")
+        experiment_db.proxy.refuse_new()
+        with pytest.raises((TimeoutError, errors.Unavailable)):
+            await write
+        experiment_db.proxy.pass_through()
+
+        assert (await a.read(exp_id)).version == 1  # loaded and cached while it waits
+        assert await cached_version(redis_client, namespace, exp_id) == 1
+        await lock.commit()  # the UPDATE goes on and commits: version 2
+
+        async def committed() -> bool:
+            return bool(
+                await experiment_db.admin.fetchval(
+                    "SELECT version FROM experiments WHERE experiment_id = $1", exp_id
+                )
+                == 2
+            )
+
+        await eventually_async(committed, "the abandoned UPDATE committed")
+
+        async def old_value_gone() -> bool:
+            return await cached_version(redis_client, namespace, exp_id) != 1
+
+        await eventually_async(old_value_gone, "invalidation once the write settled")
+        assert (await a.read(exp_id)).name == "v2"
+    finally:
+        if experiment_db.admin.is_in_transaction():
+            await lock.rollback()
+        await observer.close()
+        await a.aclose()
 
 
 # --- 2. no load stores its value without a lease that survived every invalidation --

@@ -42,11 +42,13 @@ MUTANTS: tuple[Mutant, ...] = (
                 """        stored = await self._writes.run(
             lambda: self._store.upsert_experiment(op.experiment),
             lambda: self._cache.after_write([key], keys.derived_patterns(exp_id)),
+            settled=self._store.write_settled,
         )""",
                 """        await self._cache.after_write([key], keys.derived_patterns(exp_id))
         stored = await self._writes.run(
             lambda: self._store.upsert_experiment(op.experiment),
             lambda: self._cache.after_write([]),
+            settled=self._store.write_settled,
         )""",
             ),
         ),
@@ -77,11 +79,10 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             Edit(
                 "writes.py",
-                """        task = asyncio.create_task(self._write(commit, follow_up, deadline), name="write")
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
+                """        task = asyncio.create_task(self._write(commit, follow_up, settled, deadline), name="write")
+        self._track(task)
         return await asyncio.shield(task)""",
-                """        return await self._write(commit, follow_up, deadline)""",
+                """        return await self._write(commit, follow_up, settled, deadline)""",
             ),
             Edit(
                 "writes.py",
@@ -153,6 +154,22 @@ return 1""",
         (
             "tests/integration/test_event_consistency.py::"
             "test_path5_killed_after_its_insert_a_restarted_instance_settles_the_pending_records",
+        ),
+    ),
+    Mutant(
+        "ambiguous-write-not-settled",
+        "after a write whose outcome is unknown the writer invalidates at once and after a "
+        "fixed delay only: a statement PostgreSQL commits in between is cached stale",
+        (
+            Edit(
+                "postgres/store.py",
+                """        backend = _WRITE_BACKEND.get()""",
+                """        backend = None""",
+            ),
+        ),
+        (
+            "tests/integration/test_consistency_paths.py::"
+            "test_path1_a_write_that_commits_after_its_caller_gave_up_is_invalidated_once_it_did",
         ),
     ),
 )

@@ -51,11 +51,18 @@ class PostgresPolicies:
 class PostgresProcessor:
     """Serves the PostgreSQL-owned operations of RouteData."""
 
-    def __init__(self, store: PostgresStore, cache: CacheAside, policies: PostgresPolicies) -> None:
+    def __init__(
+        self,
+        store: PostgresStore,
+        cache: CacheAside,
+        policies: PostgresPolicies,
+        *,
+        writes: Writes | None = None,
+    ) -> None:
         self._store = store
         self._cache = cache
         self._policies = policies
-        self._writes = Writes()
+        self._writes = writes or Writes()
 
     def handlers(self) -> Handlers:
         """The RouteData operations this processor serves."""
@@ -120,6 +127,7 @@ class PostgresProcessor:
         stored = await self._writes.run(
             lambda: self._store.upsert_experiment(op.experiment),
             lambda: self._cache.after_write([key], keys.derived_patterns(exp_id)),
+            settled=self._store.write_settled,
         )
         return _stored(stored, key)
 
@@ -129,6 +137,7 @@ class PostgresProcessor:
         stored = await self._writes.run(
             lambda: self._store.upsert_user_profile(op.profile),
             lambda: self._cache.after_write([key]),
+            settled=self._store.write_settled,
         )
         return _stored(stored, key)
 

@@ -26,8 +26,10 @@ The pool must decode ``jsonb`` to Python objects (``postgres_pool.create_pool``)
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import asyncpg
@@ -60,6 +62,13 @@ _EXPERIMENT_COLUMNS = (
     "experiment_id, name, description, status, salt, variants, version, created_at, updated_at"
 )
 _PROFILE_COLUMNS = "user_id, attributes, version, created_at, updated_at"
+
+# The server process that ran this task's last write (see ``write_settled``).
+_WRITE_BACKEND: ContextVar[int | None] = ContextVar("mcprouter_write_backend", default=None)
+# A backend still running a statement (or holding a transaction open).
+_BACKEND_BUSY = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state <> 'idle'"
+SETTLE_POLL_S = 0.02
+SETTLE_QUERY_TIMEOUT_S = 5.0
 
 _SELECT_EXPERIMENTS = f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE experiment_id = ANY($1)"
 _INSERT_EXPERIMENT = f"""
@@ -212,6 +221,7 @@ class PostgresStore:
         variants = [{"name": v.name, "weight": v.weight} for v in exp.variants]
         self.queries += 1
         async with self._pool.acquire(timeout=remaining(None)) as conn:
+            _WRITE_BACKEND.set(conn.get_server_pid())
             if exp.version == 0:
                 salt = exp.salt or secrets.token_hex(8)
                 row = await conn.fetchrow(
@@ -250,6 +260,32 @@ class PostgresStore:
             )
         raise _version_conflict("experiment", key, exp.version, found["version"])
 
+    async def write_settled(self) -> None:
+        """Return once the last write of this task can no longer commit.
+
+        A write whose outcome is unknown (its timeout fired, its connection
+        broke) may still be running in PostgreSQL, and commit later: after
+        the client gave up, a blocked statement goes on once its lock is
+        free, and the cancel request may never arrive. An invalidation made
+        before that commit can be undone by a read of the old row, so the
+        writer invalidates again once this returns: when the server process
+        that ran the write is idle (its statement ended) or gone.
+
+        Raises:
+            errors.Unavailable: PostgreSQL could not be asked; ask again.
+        """
+        backend = _WRITE_BACKEND.get()
+        if backend is None:
+            return
+        # Polled: PostgreSQL has no notification for "this backend went idle".
+        while await self._backend_busy(backend):  # noqa: ASYNC110
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    @translated
+    async def _backend_busy(self, backend: int) -> bool:
+        busy = await self._pool.fetchval(_BACKEND_BUSY, backend, timeout=SETTLE_QUERY_TIMEOUT_S)
+        return bool(busy)
+
     async def get_user_profile(self, user_id: str) -> UserProfile | None:
         """The profile, or ``None`` when it does not exist."""
         return (await self.get_user_profiles([user_id])).get(user_id)
@@ -279,6 +315,7 @@ class PostgresStore:
         attributes: Mapping[str, Any] = dict(profile.attributes)
         self.queries += 1
         async with self._pool.acquire(timeout=remaining(None)) as conn:
+            _WRITE_BACKEND.set(conn.get_server_pid())
             if profile.version == 0:
                 row = await conn.fetchrow(_INSERT_PROFILE, key, attributes, timeout=remaining(None))
             else:
