@@ -26,11 +26,15 @@ def chroma_executable() -> str:
 
 
 class ChromaServer:
-    """One ``chroma run`` process; ``stop()`` is an outage, ``restart()`` its end."""
+    """One ``chroma run`` process; ``stop()`` is an outage, ``restart()`` its end.
 
-    def __init__(self, folder: Path) -> None:
+    ``port`` is a free port by default; a test that dialled an address before
+    any server existed passes that address's port.
+    """
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
         self.folder = folder
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = folder / "chroma.log"
         folder.mkdir(parents=True, exist_ok=True)
@@ -99,9 +103,9 @@ class ChromaServer:
 
 
 @contextlib.contextmanager
-def chroma_server(folder: Path) -> Iterator[ChromaServer]:
+def chroma_server(folder: Path, port: int | None = None) -> Iterator[ChromaServer]:
     """A running server, stopped on exit whatever happened."""
-    server = ChromaServer(folder)
+    server = ChromaServer(folder, port)
     try:
         yield server
     finally:

@@ -6,7 +6,7 @@ No Go module proxy is reachable, so the client is built with
 ``golang-github-golang-protobuf-1-5-dev`` and ``golang-google-genproto-dev``
 keep their sources; ``<tmp>/src/<module path>`` is a symlink to clients/go,
 so imports resolve exactly as in module mode. Missing pieces skip, naming
-the apt-get line.
+``make test`` and the apt-get line; under ``make test`` they fail (``tests/toolchains.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.toolchains import missing
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_DIR = REPO / "clients" / "go"
@@ -43,11 +43,11 @@ def gopath(root: Path) -> tuple[Path, dict[str, str]]:
     grpc_src = DEBIAN_GOCODE / "src" / "google.golang.org" / "grpc"
     golang_protobuf = DEBIAN_GOCODE / "src" / "github.com" / "golang" / "protobuf"
     if go is None or not grpc_src.is_dir():
-        pytest.skip(f"Go toolchain or Debian Go sources missing: {APT_LINE}")
+        missing("Go toolchain or Debian Go sources missing", f"make go-deps, i.e. {APT_LINE}")
     if not (golang_protobuf / "proto" / "registry.go").is_file():
         # grpc 1.33 marshals through github.com/golang/protobuf; its 1.3
         # version (no proto/registry.go) cannot marshal APIv2 messages.
-        pytest.skip(f"github.com/golang/protobuf 1.3 installed, 1.5 needed: {APT_LINE}")
+        missing("github.com/golang/protobuf 1.3 installed, 1.5 needed", f"make go-deps: {APT_LINE}")
     package = root / "src" / module_path()
     package.parent.mkdir(parents=True)
     package.symlink_to(CLIENT_DIR, target_is_directory=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -210,6 +211,7 @@ async def test_embeddings_then_search(client: RouterClient) -> None:
 
 async def test_get_cached_invalidate_stats_and_health(client: RouterClient) -> None:
     exp_id, user_id = unique("sdk-cache"), unique("sdk-user")
+    before = await client.stats()
     await client.upsert_experiment(experiment(exp_id))
     await client.get_experiment(exp_id)
     key = f"experiment:{exp_id}"
@@ -228,15 +230,18 @@ async def test_get_cached_invalidate_stats_and_health(client: RouterClient) -> N
     assert await client.invalidate(keys=[key]) == 1
     assert await client.invalidate(keys=key) == 0
     await client.get_experiment(exp_id)
-    assert await client.invalidate(experiment_id=exp_id) >= 1
+    assert await client.invalidate(experiment_id=exp_id) == 1  # only its experiment key
     assert (await client.get_experiment(exp_id)).status == FRESH
     await client.upsert_user_profile(UserProfile(user_id=user_id))
     await client.get_user_profile(user_id)
     assert await client.invalidate(user_id=user_id) == 1
 
+    # The server is shared: its counters grew by at least this test's own work
+    # (exactly 2 + 1 + 0 + 1 + 1 keys removed, 15 data-path calls, counted above).
     stats = await client.stats()
     assert 0.0 < stats.hit_rate <= 1.0
-    assert stats.total_operations > 0 and stats.invalidations >= 5
+    assert stats.invalidations - before.invalidations >= 5
+    assert stats.total_operations - before.total_operations >= 15
     assert {s.data_type for s in stats.data_types} >= {DataType.DATA_TYPE_EXPERIMENT}
 
     assert await client.health() == "SERVING"
@@ -266,7 +271,7 @@ def test_sync_client_same_surface_against_the_live_server(server_target: str) ->
         assert sdk.get_experiment(experiment_id).value.experiment_id == experiment_id
         assert sdk.get_experiment(experiment_id).status == CACHED
         assert sdk.get_cached(f"experiment:{experiment_id}").entries[0].hit
-        assert sdk.invalidate(experiment_id=experiment_id) >= 1
+        assert sdk.invalidate(experiment_id=experiment_id) == 1
         with pytest.raises(NotFound) as caught:
             sdk.get_experiment(unique("sdk-missing"), metadata=[("x-request-id", "sync-rid-1")])
         assert caught.value.reason == "EXPERIMENT_NOT_FOUND"
@@ -282,13 +287,6 @@ async def test_missing_experiment_is_not_found(client: RouterClient) -> None:
     with pytest.raises(NotFound) as caught:
         await client.get_experiment(unique("sdk-missing"))
     assert caught.value.domain == ERROR_DOMAIN and caught.value.reason
-
-
-async def test_token_is_sent_as_bearer_metadata(server_target: str) -> None:
-    """The live server ignores it; the interceptor-free path must still work with it."""
-    async with RouterClient.connect(server_target, token="s3cret") as sdk:
-        assert sdk._metadata == (("authorization", "Bearer s3cret"),)
-        assert await sdk.health() == "SERVING"
 
 
 async def test_reads_are_retried_against_a_stopped_server_writes_are_not(
@@ -384,9 +382,9 @@ class FlakyRouter:
         )
 
 
-@pytest.fixture
-async def flaky() -> AsyncIterator[tuple[FlakyRouter, str]]:
-    router = FlakyRouter(failures=2)
+@contextlib.asynccontextmanager
+async def serving(router: FlakyRouter) -> AsyncIterator[tuple[FlakyRouter, str]]:
+    """``router`` on a real grpc.aio server, port 0."""
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((router.handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -395,6 +393,39 @@ async def flaky() -> AsyncIterator[tuple[FlakyRouter, str]]:
         yield router, f"127.0.0.1:{port}"
     finally:
         await server.stop(None)
+
+
+@pytest.fixture
+async def flaky() -> AsyncIterator[tuple[FlakyRouter, str]]:
+    async with serving(FlakyRouter(failures=2)) as running:
+        yield running
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[tuple[FlakyRouter, str]]:
+    """A server that never fails and records each call's metadata."""
+    async with serving(FlakyRouter(failures=0)) as running:
+        yield running
+
+
+async def test_token_is_sent_as_bearer_metadata(
+    recorder: tuple[FlakyRouter, str], server_target: str
+) -> None:
+    router, target = recorder
+    async with RouterClient.connect(target, token="s3cret") as sdk:
+        assert (await sdk.get_experiment("exp-1")).value.experiment_id == "exp-1"
+        assert (await sdk.stats()).hit_rate == 0.5
+    async with RouterClient.connect(target) as anonymous:
+        await anonymous.get_experiment("exp-2")
+    # What the server received on the wire, per call, in order.
+    assert router.authorization == ["Bearer s3cret", "Bearer s3cret", ""]
+
+    # The live server (no tokens configured) ignores it: calls still work.
+    exp_id = unique("sdk-token")
+    async with RouterClient.connect(server_target, token="s3cret") as sdk:
+        assert await sdk.health() == "SERVING"
+        assert (await sdk.upsert_experiment(experiment(exp_id))).status == STORED
+        assert (await sdk.get_experiment(exp_id)).value.experiment_id == exp_id
 
 
 async def test_a_read_succeeds_after_transient_unavailable(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ from mcprouter.v1.events_pb2 import Event
 from mcprouter.v1.search_pb2 import EmbeddingItem
 from tests.e2e.conftest import Launcher, free_port
 from tests.faults.harness import experiment_request
+from tests.toolchains import missing
 
 pytestmark = pytest.mark.e2e
 
@@ -50,9 +50,7 @@ PROMQL_WORDS = {
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing: `make test` installs it (Debian package prometheus)")
-        pytest.skip("promtool not installed (make promtool)")
+        missing("promtool not installed", "make promtool (Debian package prometheus)")
     return found
 
 

@@ -61,14 +61,22 @@ async def test_demo_runs_again_on_the_same_server(server_target: str) -> None:
     check_output(out.getvalue())
 
 
-def cli_has_demo() -> bool:
-    from mcprouter.server import cli
-
-    return "demo" in cli._parser().format_help()
+def test_cli_lists_the_demo_subcommand() -> None:
+    """The README's ``mcp-router demo`` exists: a missing subcommand fails, never skips."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mcprouter.server.cli", "--help"],
+        env=_base_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\s+demo\s", result.stdout, re.MULTILINE), result.stdout
 
 
 @pytest.mark.timeout(EMBEDDED_DEMO_TIMEOUT_S + 30)
-@pytest.mark.skipif(not cli_has_demo(), reason="cli.py has no `demo` subcommand wired yet")
 def test_embedded_demo_as_the_readme_runs_it(tmp_path: Path) -> None:
     """``mcp-router demo`` with no target starts its own embedded server and cleans up."""
     result = subprocess.run(

@@ -3,8 +3,9 @@
 ``go test`` reproduces the assignment vectors and checks the client's error
 decoding; the quickstart program then drives the shared e2e server and
 checks the server's assignments against the local algorithm, STORED then
-DUPLICATE, an ErrorInfo reason, health and Stats. Skipped, with the apt-get
-line, when the toolchain or the sources are missing.
+DUPLICATE, an ErrorInfo reason, health and Stats. Skipped, naming ``make
+test`` and the apt-get line, when the toolchain or the sources are missing;
+under ``make test`` (which installs them) that is a failure instead.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -120,10 +121,18 @@ def test_invalidate_bare_star_is_refused(run_grpcurl: GrpcurlRunner) -> None:
     assert field_violations(output) == ["pattern"]
 
 
+def unique_key(family: str = "experiment") -> str:
+    """A cache key no other test (on this shared server) reads or writes."""
+    if family == "user":
+        return f"user:e2e-{uuid.uuid4().hex[:12]}:profile"
+    return f"{family}:e2e-{uuid.uuid4().hex[:12]}"
+
+
 def test_get_cached_reports_a_miss(run_grpcurl: GrpcurlRunner) -> None:
-    answer = ok_json(run_grpcurl, f"{ROUTER}/GetCached", data={"keys": ["experiment:e2e-missing"]})
+    key = unique_key()
+    answer = ok_json(run_grpcurl, f"{ROUTER}/GetCached", data={"keys": [key]})
     [entry] = answer["entries"]
-    assert entry["key"] == "experiment:e2e-missing"
+    assert entry["key"] == key
     assert entry.get("hit", False) is False
     assert entry["dataType"] == "DATA_TYPE_EXPERIMENT"
     assert answer.get("hits", 0) == 0
@@ -131,12 +140,18 @@ def test_get_cached_reports_a_miss(run_grpcurl: GrpcurlRunner) -> None:
 
 
 def test_stats_counts_operations(run_grpcurl: GrpcurlRunner) -> None:
-    ok_json(run_grpcurl, f"{ROUTER}/GetCached", data={"keys": ["user:e2e-stats:profile"]})
-    answer = ok_json(run_grpcurl, "-emit-defaults", f"{ROUTER}/Stats")
-    # uint64 is a JSON string in the proto3 JSON mapping.
-    assert int(answer["totalOperations"]) >= 1
-    assert answer["redisAvailable"] is True
-    assert {t["dataType"] for t in answer["dataTypes"]} >= {
+    before = ok_json(run_grpcurl, "-emit-defaults", f"{ROUTER}/Stats")
+    keys = [unique_key("user") for _ in range(3)]
+    for key in keys:
+        answer = ok_json(run_grpcurl, f"{ROUTER}/GetCached", data={"keys": [key]})
+        assert [e["key"] for e in answer["entries"]] == [key]
+        assert (answer.get("hits", 0), answer["misses"]) == (0, 1)
+    after = ok_json(run_grpcurl, "-emit-defaults", f"{ROUTER}/Stats")
+    # uint64 is a JSON string in the proto3 JSON mapping. Other tests share the
+    # server, so its counter grew by at least this test's three calls.
+    assert int(after["totalOperations"]) - int(before["totalOperations"]) >= len(keys)
+    assert after["redisAvailable"] is True
+    assert {t["dataType"] for t in after["dataTypes"]} >= {
         "DATA_TYPE_EXPERIMENT",
         "DATA_TYPE_EVENT_METRICS",
     }

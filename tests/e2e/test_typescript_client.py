@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.toolchains import missing
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "typescript"
@@ -30,10 +32,10 @@ MIN_PASSED = 15
 
 
 def npm() -> str:
-    """The npm executable, or skip when Node.js is not installed."""
+    """The npm executable; skip (fail under ``make test``) when Node.js is not installed."""
     path = shutil.which("npm")
     if path is None or shutil.which("node") is None:
-        pytest.skip("Node.js/npm not installed: the TypeScript client cannot be tested")
+        missing("Node.js/npm not installed", "apt-get install -y nodejs npm")
     return path
 
 

@@ -12,11 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,22 +158,38 @@ def test_a_write_on_one_worker_is_read_on_every_worker(client: SyncRouterClient)
         assert [hit.id for hit in client.search("workers_col", [0.9, 0.1], 1).value.hits] == ["a"]
 
 
+def per_process_operations(client: SyncRouterClient) -> dict[str, int]:
+    """Each worker's own ``total_operations``, from Stats calls taken in turn."""
+    totals: dict[str, int] = {}
+    for _ in range(3 * CHANNELS):
+        answer = client.stats(timeout=5)
+        totals[answer.instance] = answer.total_operations
+    return totals
+
+
 def test_fleet_stats_sum_every_worker(client: SyncRouterClient) -> None:
     for _ in range(2 * CHANNELS):
         client.get_cached(["experiment:workers-fleet"])
-    time.sleep(1.0)  # > 3 publish intervals: both workers published after the calls
-    fleet = client.stats(fleet=True, timeout=5)
+    after_calls = per_process_operations(client)
+    assert len(after_calls) == 2
+    assert sum(after_calls.values()) >= 2 * CHANNELS
+    # Both workers have published since the calls once the fleet's sum reaches
+    # what each had counted by then (counters only grow).
+    fleets: list[Any] = []
+
+    def published() -> bool:
+        fleets.append(client.stats(fleet=True, timeout=5))
+        return fleets[-1].total_operations >= sum(after_calls.values())
+
+    assert wait_for(published, timeout_s=15, interval_s=0.05), fleets[-1:]
+    fleet = fleets[-1]
     assert fleet.processes == 2, fleet
     assert {pid_of(i) for i in fleet.instances} == worker_pids(client)
     assert fleet.max_age.ToMilliseconds() < 1000
-    per_process: dict[str, int] = {}
-    for _ in range(3 * CHANNELS):
-        answer = client.stats(timeout=5)
-        per_process[answer.instance] = answer.total_operations
-    assert len(per_process) == 2
-    # Counters only grow; the fleet read at most one interval late.
-    assert fleet.total_operations <= sum(per_process.values())
-    assert fleet.total_operations >= 2 * CHANNELS
+    later = per_process_operations(client)
+    assert later.keys() == after_calls.keys()
+    # The fleet's sum is of values published no later than now.
+    assert fleet.total_operations <= sum(later.values())
     process = client.stats(timeout=5)
     assert process.processes == 1 and list(process.instances) == [process.instance]
 
@@ -216,15 +232,16 @@ def test_a_killed_clickhouse_host_is_restarted_with_its_data(
         value=1.0,
     )
     event.timestamp.FromDatetime(now)
+
     # Sent until stored: UNAVAILABLE while the host is down (the SDK resends).
-    deadline = time.monotonic() + 30
-    while True:
+    def stored() -> bool:
         try:
             client.track_events([event], timeout=10)
-            break
         except RouterError:
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
+            return False
+        return True
+
+    assert wait_for(stored, timeout_s=30, interval_s=0.3), "the event was never stored"
     assert not alive(host_pid)
     client.invalidate(experiment_id="workers-exp")
     analytics = client.get_analytics("workers-exp", now.replace(hour=0, minute=0, second=0))
@@ -255,12 +272,13 @@ def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(
     # The supervisor restarts it; connections made from then on reach it
     # (SO_REUSEPORT places connections, once).
     restarted: set[int] = set()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not restarted:
+
+    def a_new_worker_answers() -> bool:
         with SyncRouterClient.connect(workers_server.target, channels=CHANNELS) as fresh:
-            restarted = worker_pids(fresh) - before
-        time.sleep(0.2)
-    assert restarted, before
+            restarted.update(worker_pids(fresh) - before)
+        return bool(restarted)
+
+    assert wait_for(a_new_worker_answers, timeout_s=30, interval_s=0.2), before
     # The open client's connections, moved to the survivor, come back to it
     # too: MAX_CONNECTION_AGE_S closes them, and gRPC reconnects.
     assert wait_for(lambda: restarted <= worker_pids(client), timeout_s=15, interval_s=0.2)

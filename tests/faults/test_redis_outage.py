@@ -3,14 +3,19 @@
 Reads keep succeeding from PostgreSQL (fail open), the breaker opens and
 closes again, no read waits much longer than REDIS_TIMEOUT_MS, and the pool
 comes back without leaking connections.
+
+No read waiting too long is a deadline on every read (a read past it fails
+DEADLINE_EXCEEDED, an error like any other). Each phase lasts until what it is
+for has been observed (a number of reads, the breaker open or closed again,
+reads CACHED again), never for a fixed time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 import uuid
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -18,6 +23,7 @@ import pytest
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1 import router_service_pb2_grpc as rs_grpc
 from tests import backends
+from tests.conditions import eventually, eventually_async
 from tests.faults.conftest import Launch
 from tests.faults.harness import (
     Tally,
@@ -44,6 +50,10 @@ EXPERIMENTS = 40
 # Redis); a second can be paid by a load's lease or SET. The bound leaves a
 # second for the store read and a busy two-core machine.
 LATENCY_BOUND_S = REDIS_TIMEOUT_MS / 1000 + 1.0
+# Reads each phase must see answered before it may end.
+READS_PER_PHASE = 50
+# Bound on waiting for each phase's condition (breaker reset is 1 s).
+PHASE_LIMIT_S = 30.0
 
 
 async def test_redis_frozen_then_restarted_under_load(
@@ -73,7 +83,7 @@ async def test_redis_frozen_then_restarted_under_load(
             async def one(_: int) -> None:
                 experiment_id = random.choice(ids)
                 code, seconds, response = await timed(
-                    stub.RouteData(get_experiment(experiment_id), timeout=10)
+                    stub.RouteData(get_experiment(experiment_id), timeout=LATENCY_BOUND_S)
                 )
                 tally = phases.setdefault(phase, Tally())
                 tally.add(code, seconds, status_name(response) if response else None)
@@ -81,45 +91,59 @@ async def test_redis_frozen_then_restarted_under_load(
                     tally.wrong.append(f"{experiment_id} -> {response.experiment.experiment_id}")
 
             breaker_states: set[str] = set()
+            breaker_now: list[str] = []  # the latest state scraped, once there is one
 
             async def watch_breaker() -> None:
-                while not done:
+                while not done:  # polls /metrics (a poll, not a wait for time to pass)
                     samples = await asyncio.to_thread(scrape, port)
                     for state in ("closed", "open", "half_open"):
                         if metric(samples, "mcprouter_redis_breaker_state", state=state) == 1:
                             breaker_states.add(state)
+                            breaker_now[:] = [state]
                     await asyncio.sleep(0.1)
+
+            async def until(what: str, condition: Callable[[Tally], bool]) -> None:
+                """End the phase once it has READS_PER_PHASE reads and ``condition`` holds."""
+
+                def reached() -> bool:
+                    tally = phases.get(phase, Tally())
+                    return tally.requests >= READS_PER_PHASE and condition(tally)
+
+                await eventually(reached, f"phase {phase}: {what}", limit_s=PHASE_LIMIT_S)
+
+            def breaker(state: str) -> Callable[[Tally], bool]:
+                return lambda _: breaker_now == [state]
+
+            def served_from_redis(tally: Tally) -> bool:
+                return breaker_now == ["closed"] and tally.statuses["CACHED"] > 0
 
             load = asyncio.create_task(run_workers(WORKERS, lambda: done, one))
             watcher = asyncio.create_task(watch_breaker())
-            await asyncio.sleep(1.0)
+            await until("reads served", lambda tally: tally.statuses["CACHED"] > 0)
 
             phase = "SIGSTOP"
             with frozen(valkey_pid(valkey.url)):
-                await asyncio.sleep(3.0)
+                await until("breaker open", breaker("open"))
             phase = "after SIGCONT"
-            await asyncio.sleep(2.5)
+            await until("breaker closed, reads CACHED again", served_from_redis)
             after_freeze = client_connections(valkey.url)
 
             phase = "stopped"
             valkey.stop()
-            await asyncio.sleep(2.0)
+            await until("breaker open", breaker("open"))
             phase = "restarted"
             valkey.restart()
-            await asyncio.sleep(3.0)
+            await until("breaker closed, reads CACHED again", served_from_redis)
             done = True
             await asyncio.gather(load, watcher)
 
             # Recovered: a read is served from the (new, empty) Redis again.
-            recovered_at = None
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and recovered_at is None:
+            async def read_twice_cached() -> bool:
                 await stub.RouteData(get_experiment(ids[0]), timeout=5)
                 again = await stub.RouteData(get_experiment(ids[0]), timeout=5)
-                if status_name(again) == "CACHED":
-                    recovered_at = time.monotonic()
-                else:
-                    await asyncio.sleep(0.2)
+                return status_name(again) == "CACHED"
+
+            await eventually_async(read_twice_cached, "reads CACHED after the restart")
             stats = await stub.Stats(rs.StatsRequest(), timeout=5)
             samples = await asyncio.to_thread(scrape, port)
             after_restart = client_connections(valkey.url)
@@ -154,17 +178,15 @@ async def test_redis_frozen_then_restarted_under_load(
         ("Stats.redis_errors", stats.redis_errors),
         ("Redis connections", f"{after_freeze} after SIGCONT, {after_restart} after restart "
          f"(bound {POOL_SIZE + 1})"),
-        ("served from Redis again", "yes" if recovered_at else "no"),
     ]  # fmt: skip
     table("Redis stopped mid-load (SIGSTOP/SIGCONT, stop + restart)", rows)
 
+    # Every read, with its deadline of LATENCY_BOUND_S, was answered OK.
     assert everything.errors() == {}, everything.errors()
     assert not everything.wrong, everything.wrong[:5]
-    assert max(everything.latencies) < LATENCY_BOUND_S
     assert {"open", "closed"} <= breaker_states
     assert metric(samples, "mcprouter_redis_breaker_state", state="closed") == 1
     assert stats.redis_errors > 0
-    assert recovered_at is not None, "reads never came back CACHED after the restart"
     # Pool connections plus the pub/sub connection of the invalidation feed.
     assert after_freeze <= POOL_SIZE + 1
     assert after_restart <= POOL_SIZE + 1

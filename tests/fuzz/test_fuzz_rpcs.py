@@ -14,12 +14,19 @@ outside any sensible range. Every answer must be OK or a clean client error:
 
 Never INTERNAL or UNKNOWN (a bug), nor UNAVAILABLE (no store is down here),
 and the server must still be SERVING afterwards.
+
+Reproducible: by default Hypothesis is derandomized (each test's examples
+follow from its own code), so a failing run fails again the same way, in CI
+and on a laptop. ``MCPROUTER_FUZZ_SEED=<n>`` explores other inputs from seed
+``n`` (``random`` picks one); every failure message names how to replay it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import os
+import random
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -27,7 +34,7 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from mcprouter.v1 import router_service_pb2 as rs
@@ -45,13 +52,37 @@ ALLOWED = {
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+SEED_ENV = "MCPROUTER_FUZZ_SEED"
+
+
+def _seed_from_environment() -> int | None:
+    """None (derandomized, the default) or the seed to explore from."""
+    raw = os.environ.get(SEED_ENV, "").strip()
+    if not raw:
+        return None
+    return random.SystemRandom().randrange(2**32) if raw == "random" else int(raw)
+
+
+SEED = _seed_from_environment()
+REPLAY = (
+    "derandomized: the same command replays it"
+    if SEED is None
+    else f"seed {SEED}: {SEED_ENV}={SEED} replays it"
+)
 FUZZ = settings(
     max_examples=100,
     deadline=None,
-    derandomize=False,
+    derandomize=SEED is None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,
+    print_blob=True,
 )
+
+
+def seeded(test: Callable[..., None]) -> Callable[..., None]:
+    """``@seed(SEED)`` when exploring; derandomized tests need none."""
+    return test if SEED is None else seed(SEED)(test)
+
 
 HOSTILE_STRINGS = [
     "",
@@ -249,7 +280,9 @@ def check(call: Any, request: Message) -> None:
         call(request, timeout=20)
     except grpc.RpcError as error:
         code = error.code()  # type: ignore[attr-defined]
-        assert code in ALLOWED, f"{code}: {error.details()} for {request!r:.2000}"  # type: ignore[attr-defined]
+        assert code in ALLOWED, (
+            f"{code}: {error.details()} for {request!r:.2000} ({REPLAY})"  # type: ignore[attr-defined]
+        )
 
 
 ROUTE_CASES = [f.name for f in rs.RouteDataRequest.DESCRIPTOR.oneofs_by_name["operation"].fields]
@@ -258,6 +291,7 @@ ROUTE_CASES = [f.name for f in rs.RouteDataRequest.DESCRIPTOR.oneofs_by_name["op
 @pytest.mark.parametrize("case", [*ROUTE_CASES, None])
 def test_route_data(stub: rs_grpc.RouterServiceStub, case: str | None) -> None:
     @FUZZ
+    @seeded
     @given(requests(rs.RouteDataRequest, case))
     def run(request: Message) -> None:
         check(stub.RouteData, request)
@@ -275,6 +309,7 @@ def test_route_data(stub: rs_grpc.RouterServiceStub, case: str | None) -> None:
 )
 def test_cache_rpcs(stub: rs_grpc.RouterServiceStub, rpc: str, message_type: type[Message]) -> None:
     @settings(FUZZ, max_examples=150)
+    @seeded
     @given(requests(message_type))
     def run(request: Message) -> None:
         check(getattr(stub, rpc), request)

@@ -560,14 +560,35 @@ async def test_closed_embedded_store_serves_stale_or_unavailable(
         await store.close()
 
 
-async def test_server_started_down_connects_later(tmp_path: Path) -> None:
+async def test_server_started_down_connects_later(
+    redis_client: aioredis.Redis, namespace: str, tmp_path: Path
+) -> None:
     # The service must start while Chroma is down: the client connects on first use.
-    url = f"http://127.0.0.1:{free_port()}"
-    store = await open_chroma(url, tmp_path / "unused", timeout_s=5.0)
+    port = free_port()
+    store = await open_chroma(f"http://127.0.0.1:{port}", tmp_path / "unused", timeout_s=5.0)
+    rig = build_rig(redis_client, namespace, store)
+    collection = collection_name()
+    item = search.EmbeddingItem(id="a", embedding=[1.0] * DIM)
     try:
         with pytest.raises(errors.Unavailable):
             await store.ping()
+        with pytest.raises(errors.Unavailable):
+            await rig.processor.upsert_embeddings(
+                rs.UpsertEmbeddingsOperation(collection=collection, items=[item])
+            )
+        # Chroma comes up at the address the store was given: the same store,
+        # never reopened, now serves writes and searches.
+        with chroma_server(tmp_path / "late-server", port=port):
+            await store.ping()
+            await upsert(rig, collection, [item])
+            op = query(collection, [1.0] * DIM, k=1)
+            status, found = await run_search(rig, op)
+            assert status == FRESH
+            assert [hit.id for hit in found.hits] == ["a"]
+            assert (await run_search(rig, op))[0] == CACHED
     finally:
+        await rig.processor.aclose()
+        await rig.cache.aclose()
         await store.close()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +21,6 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from mcprouter.server.clickhouse.store import open_clickhouse
 from mcprouter.server.errors import Unavailable
 from mcprouter.v1.events_pb2 import Event
-
-START_TIMEOUT_S = 60.0
 
 
 class Host:
@@ -106,11 +103,10 @@ async def test_a_store_on_the_host_reads_writes_and_survives_a_restart(host: Hos
             await store.count_events("host-exp")
         with pytest.raises(Unavailable):
             await store.insert_events([event("c", 1.0)])
-        host.start()
-        started = time.monotonic()
-        assert await store.count_events("host-exp") == 2  # data kept, connection remade
+        host.start()  # returns once the host said "ready"
+        # The very next calls succeed (no retry here): data kept, connection remade.
+        assert await store.count_events("host-exp") == 2
         await store.insert_events([event("c", 1.0)])
         assert await store.count_events("host-exp") == 3
-        assert time.monotonic() - started < START_TIMEOUT_S
     finally:
         await store.close()

@@ -44,6 +44,7 @@ from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.events_pb2 import Analytics, Event, EventMetrics, TrackEventsResult
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, Variant
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
+from tests.conditions import eventually
 
 CACHED = ServeStatus.SERVE_STATUS_CACHED
 FRESH = ServeStatus.SERVE_STATUS_FRESH
@@ -414,8 +415,9 @@ async def test_shutdown_flushes_pending_events(store: ClickHouseStore) -> None:
     exp = f"e-{uuid.uuid4().hex[:10]}"
     batcher: EventBatcher[Event] = EventBatcher(store.insert_events, max_delay_ms=60_000)
     async with asyncio.TaskGroup() as group:
-        group.create_task(batcher.add([event(exp) for _ in range(3)]))
-        await asyncio.sleep(0.01)
+        adding = group.create_task(batcher.add([event(exp) for _ in range(3)]))
+        await eventually(lambda: batcher.pending == 3, "three events waiting in the batcher")
+        assert not adding.done()  # acknowledged only once written
         assert await store.count_events(exp) == 0
         await batcher.aclose()
     assert await store.count_events(exp) == 3

@@ -4,7 +4,7 @@ an invalidation on either one reaches the other's memory."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,6 +14,7 @@ from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.experiment_pb2 import Experiment
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
+from tests.conditions import eventually
 from tests.integration.pg_experiments import ExperimentDb, Loads
 
 EXPERIMENT = DataType.DATA_TYPE_EXPERIMENT
@@ -44,14 +45,6 @@ class Instance:
 
     def local_hits(self) -> int:
         return self.stats.snapshot().per_type.get(EXPERIMENT, {}).get(Outcome.LOCAL_HIT, 0)
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached within 2 s")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,6 +15,7 @@ from mcprouter.server.keys import KeySpace
 from mcprouter.server.redis.connection import create_redis
 from mcprouter.server.redis.processor import RedisProcessor
 from mcprouter.server.stats import CacheStats
+from tests import backends
 
 
 def processor(redis: aioredis.Redis, namespace: str, stats: CacheStats) -> RedisProcessor:
@@ -136,10 +138,24 @@ async def test_invalidations_are_counted(
     assert stats.snapshot().invalidations == 2
 
 
-async def test_figures_report_memory_and_keys(ops: RedisProcessor) -> None:
-    figures = await ops.figures()
-    assert figures.used_memory_bytes > 0
-    assert figures.key_count >= 0
+async def test_figures_report_memory_and_keys(tmp_path: Path) -> None:
+    # A private Valkey: the shared one's key count moves with every other test.
+    with backends.restartable_valkey(tmp_path / "valkey") as valkey:
+        client = create_redis(valkey.url, pool_size=2, timeout_s=2.0, pool_timeout_s=2.0)
+        try:
+            ops = processor(client, "figures:", CacheStats())
+            empty = await ops.figures()
+            assert empty.key_count == 0
+            assert empty.used_memory_bytes > 0
+            space = KeySpace("figures:")
+            await client.mset({space.redis_key(f"experiment:e{i}"): b"x" * 4096 for i in range(7)})
+            filled = await ops.figures()
+            assert filled.key_count == 7
+            assert filled.used_memory_bytes > empty.used_memory_bytes
+            assert await ops.invalidate_keys(["experiment:e0", "experiment:e1"]) == 2
+            assert (await ops.figures()).key_count == 5
+        finally:
+            await client.aclose()
 
 
 async def test_redis_down_is_reported_not_swallowed(dead_redis: aioredis.Redis) -> None:
