@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tests.consistency.convergence import Convergence
@@ -71,9 +71,18 @@ class ReadCheck:
         row[key] = max(row.get(key, 0.0), staleness_s * 1000)
 
 
-def allowed_codes(op: Op) -> set[str]:
+def allowed_codes(op: Op, graceful_stops: Mapping[str, float] | None = None) -> set[str]:
+    """The codes an op may end with; ``graceful_stops``: node -> when SIGTERM was sent.
+
+    A server that stops accepting cancels the calls its transport had
+    received but its event loop had not yet taken (gRPC zombifies them): the
+    client gets CANCELLED for a call that never started. Deployments avoid
+    it with the drain (health NOT_SERVING first); the checker's clients
+    ignore health, so on a node being stopped gracefully CANCELLED is allowed.
+    """
     allowed = set(ALWAYS_ALLOWED)
-    if op.cancelled_by_client:
+    stopped_at = (graceful_stops or {}).get(op.node)
+    if op.cancelled_by_client or (stopped_at is not None and op.complete >= stopped_at):
         allowed.add("CANCELLED")
     if op.kind in VERSIONED_WRITES or op.kind == "get_assignment":
         allowed.add("ABORTED")  # version conflict / assignment race
@@ -82,10 +91,12 @@ def allowed_codes(op: Op) -> set[str]:
     return allowed
 
 
-def check_codes(history: History) -> list[Violation]:
+def check_codes(
+    history: History, graceful_stops: Mapping[str, float] | None = None
+) -> list[Violation]:
     out = []
     for op in history.ops:
-        if op.code not in allowed_codes(op):
+        if op.code not in allowed_codes(op, graceful_stops):
             out.append(
                 Violation(
                     "not-actionable",

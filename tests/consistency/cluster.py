@@ -126,6 +126,8 @@ class Instance:
     process: subprocess.Popen[bytes] | None = None
     incarnation: int = 0
     log_files: list[Path] = field(default_factory=list)
+    # node ("i0#3") -> when SIGTERM was sent to it (time.monotonic), for the code check
+    graceful_stops: dict[str, float] = field(default_factory=dict)
 
     @property
     def target(self) -> str:
@@ -167,6 +169,7 @@ class Instance:
         if self.process is None:
             return None
         if self.process.poll() is None:
+            self.graceful_stops[f"{self.name}#{self.incarnation}"] = time.monotonic()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=STOP_TIMEOUT_S)

@@ -138,7 +138,8 @@ async def _run(cluster: Cluster, options: Options, log: Callable[[str], None]) -
     counts = {
         i.name: await asyncio.to_thread(count_events, i.clickhouse_path) for i in cluster.instances
     }
-    violations = checks.check_codes(history)
+    stops = {node: at for i in cluster.instances for node, at in i.graceful_stops.items()}
+    violations = checks.check_codes(history, stops)
     read_violations, figures = checks.check_reads(history, controller.windows, bounds)
     violations += read_violations + checks.check_sticky(history)
     event_violations, event_figures = checks.check_events(history, workload.events, counts)

@@ -121,6 +121,19 @@ def test_codes_that_are_not_actionable() -> None:
     ]
 
 
+def test_cancelled_is_allowed_only_once_its_node_was_being_stopped() -> None:
+    h = History(0.0)
+    before = _op(h, "get_profile", "user:u", (0.5, 0.9), "CANCELLED")
+    after = _op(h, "get_profile", "user:u", (0.9, 1.2), "CANCELLED")
+    # a later incarnation of the node was not being stopped
+    other = _op(h, "get_profile", "user:u", (0.9, 1.2), "CANCELLED", incarnation=2)
+    stops = {after.node: 1.0}
+    assert [v.evidence[0] for v in check_codes(h, stops)] == [
+        before.describe(0.0),
+        other.describe(0.0),
+    ]
+
+
 def test_assignments_never_move() -> None:
     h = History(0.0)
     for token in ("control/1", "control/1", "treatment/9"):
