@@ -46,7 +46,7 @@ from typing import Any
 import asyncpg
 import uvloop
 from _common import (
-    REPO,
+    MCP_ROUTER,
     Channels,
     ServerProcess,
     call_many,
@@ -80,7 +80,7 @@ def router_server(name: str, workers: int, env: dict[str, str], tmp: Path) -> Se
         "WORKERS": str(workers),
         **env,
     }
-    argv = [str(REPO / ".venv/bin/mcp-router"), "serve"]
+    argv = [str(MCP_ROUTER), "serve"]
     return ServerProcess(name, argv, env, port, tmp / f"{name}.log")
 
 
