@@ -25,15 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from _realistic_env import COLLECTION, VARIANTS
 
 from mcprouter.server.chroma.store import open_chroma
 from mcprouter.server.clickhouse.processor import CONVERSION_EVENT_TYPE
 from mcprouter.server.clickhouse.store import EVENT_COLUMNS, EVENTS_TABLE, open_clickhouse
 from mcprouter.v1 import search_pb2 as search
 
-VARIANTS = ("control", "treatment")
-METRICS = ("exposure", CONVERSION_EVENT_TYPE)
-COLLECTION = "bench-vectors"
 USERS = 200_000
 
 
