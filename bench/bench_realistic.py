@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import tempfile
 import time
@@ -89,6 +90,7 @@ class Config:
     steps: tuple[int, ...]
     cell_s: float
     cell_requests: int
+    min_samples: int
     step_s: float
     zipf_windows: int
     zipf_requests: int
@@ -110,6 +112,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--concurrency", default="1,4,16,32,64,128", help="capacity steps")
     p.add_argument("--cell", type=float, help="seconds per latency cell [3; quick 1]")
     p.add_argument("--cell-requests", type=int, default=2_000, help="cap per latency cell")
+    p.add_argument("--min-samples", type=int, default=20, help="calls per latency cell, at least")
     p.add_argument("--step", type=float, help="seconds per capacity step [4; quick 1.5]")
     p.add_argument("--zipf-windows", type=int, help="consecutive Zipf windows [3; quick 2]")
     p.add_argument("--zipf-requests", type=int, help="cap per Zipf window [40000; quick 8000]")
@@ -135,6 +138,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         steps=tuple(int(c) for c in a.concurrency.split(",")),
         cell_s=pick(a.cell, 3.0, 1.0),
         cell_requests=a.cell_requests,
+        min_samples=a.min_samples,
         step_s=pick(a.step, 4.0, 1.5),
         zipf_windows=int(pick(a.zipf_windows, 3, 2)),
         zipf_requests=int(pick(a.zipf_requests, 40_000, 8_000)),
@@ -222,6 +226,39 @@ def ms(us: float) -> str:
     return f"{us / 1000:.3f}" if us < 1000 else f"{us / 1000:.2f}"
 
 
+async def latency_cell(channels: Channels, factory: RequestFactory, cfg: Config) -> LoadResult:
+    """Concurrency 1 for ``cell_s`` seconds, extended (up to 10 s more) to ``min_samples`` calls.
+
+    A no-cache analytics query over a million events takes a good part of a
+    second: a fixed short cell would leave a p50 of two or three calls.
+    """
+    result = await run_closed_loop(
+        channels.stubs,
+        factory,
+        concurrency=1,
+        duration_s=cfg.cell_s,
+        max_requests=cfg.cell_requests,
+    )
+    missing = cfg.min_samples - result.requests
+    if missing > 0 and result.requests:
+        more = await run_closed_loop(
+            channels.stubs,
+            lambda n: factory(result.requests + n),
+            concurrency=1,
+            duration_s=min(10.0, missing * result.elapsed_s / result.requests),
+            max_requests=missing,
+        )
+        result.latencies_us = sorted(result.latencies_us + more.latencies_us)
+        result.requests += more.requests
+        result.errors += more.errors
+        result.elapsed_s += more.elapsed_s
+        for status, count in more.statuses.items():
+            result.statuses[status] = result.statuses.get(status, 0) + count
+        for code, count in more.error_codes.items():
+            result.error_codes[code] = result.error_codes.get(code, 0) + count
+    return result
+
+
 async def run_latency(env: Env, reqs: Requests, cfg: Config, rtt: float) -> None:
     """p50/p99 at concurrency 1 of every operation on every server; the two tables."""
     cells: dict[tuple[str, str], LoadResult] = {}
@@ -229,13 +266,7 @@ async def run_latency(env: Env, reqs: Requests, cfg: Config, rtt: float) -> None
         for server in SERVERS:
             channels = env.channels[server]
             await prime(channels, reqs, op, server)
-            cells[(op, server)] = await run_closed_loop(
-                channels.stubs,
-                reqs.factories[op],
-                concurrency=1,
-                duration_s=cfg.cell_s,
-                max_requests=cfg.cell_requests,
-            )
+            cells[(op, server)] = await latency_cell(channels, reqs.factories[op], cfg)
     seed_rows, detail_rows = [], []
     for op in OPERATIONS:
         seed = SEED[op]
@@ -281,9 +312,10 @@ async def run_latency(env: Env, reqs: Requests, cfg: Config, rtt: float) -> None
 def describe(cfg: Config) -> str:
     """What runs, in a few lines."""
     s = cfg.sizes
+    rtts = ", ".join(f"{r:g}" for r in cfg.rtts_ms)
     return (
-        f"mcp-router realistic benchmark: PostgreSQL behind a delaying proxy, RTT +{cfg.rtts_ms} "
-        "ms (a process of its own; the RTT it adds is measured below); Redis local (a cache "
+        f"mcp-router realistic benchmark: PostgreSQL behind a delaying proxy, RTT +{rtts} ms "
+        "(a process of its own; the RTT it adds is measured below); Redis local (a cache "
         "next to the service, no delay);\nClickHouse (chDB, "
         f"{s.events:,} events in one day) and Chroma ({s.vectors:,} x {s.dim}, cosine) embedded "
         "in each server process: no proxy, their query cost is real.\n"
@@ -312,7 +344,8 @@ async def main_async(cfg: Config) -> None:
                 probed = await probe_rtt(env.proxied_dsn)
                 print(
                     f"\n######## PostgreSQL RTT +{rtt:g} ms: SELECT 1 through the proxy takes "
-                    f"{probed:.2f} ms (p50, loopback alone ~0.1 ms)",
+                    f"{probed:.2f} ms (p50, loopback alone ~0.1 ms); load average "
+                    f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
                     flush=True,
                 )
                 await run_latency(env, reqs, cfg, rtt)
