@@ -86,7 +86,13 @@ async def run_loader(*argv: str) -> float:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await process.communicate()
+    try:
+        out, err = await process.communicate()
+    except BaseException:  # cancelled (Ctrl-C, SIGTERM): the loader must not outlive the bench
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
     if process.returncode != 0:
         raise RuntimeError(f"loader {argv[0]} failed:\n{err.decode(errors='replace')[-2000:]}")
     return float(out.decode().split()[-1])
