@@ -4,8 +4,8 @@ Both use the three PostgreSQL reads in turn (request ``n`` is GetExperiment,
 GetAssignment or GetUserProfile by ``n % 3``):
 
 - capacity: warmed keys, concurrency raised step by step on the no-cache and
-  the L1 server; the highest RPS whose p99 stays under the bound (the
-  seed's "10x more concurrent requests");
+  the L1 server until two steps in a row pass the p99 bound; the highest RPS
+  of a step within it (the seed's "10x more concurrent requests");
 - Zipf(1.1) over every user (profiles, assignments) and every experiment,
   from a cold cache on the L1 server: the store reads it avoided, from the
   server's Stats (the seed's "60-80% fewer database queries").
@@ -58,6 +58,7 @@ async def run_capacity(
             for _ in range(2):
                 await call_many(channels.stubs[0], [read(n) for n in range(3_000)], 16)
         best[server] = 0.0
+        over = 0  # consecutive steps over the bound: one may be a burst of background load
         for c in steps:
             r = await run_closed_loop(
                 channels.stubs, read, concurrency=c, duration_s=step_s, max_requests=10_000_000
@@ -69,7 +70,8 @@ async def run_capacity(
                 [server, c, f"{r.rps:,.0f}", f"{r.p(50) / 1000:.2f}", f"{r.p(99) / 1000:.2f}",
                  r.errors, "yes" if within else "no"]
             )  # fmt: skip
-            if not within:
+            over = 0 if within else over + 1
+            if over == 2:
                 break
     print(
         f"\n== Capacity, PostgreSQL RTT +{rtt:g} ms: read mix (GetExperiment, GetAssignment, "
@@ -78,9 +80,9 @@ async def run_capacity(
     print(table(["server", "conc", "RPS", "p50 ms", "p99 ms", "errors", "p99 in bound"], rows))
     ratio = best["l1"] / best["nocache"] if best["nocache"] else float("inf")
     print(
-        f"(no cache: every call waits for PostgreSQL over one of POSTGRES_POOL_SIZE = {POOL} "
-        f"connections, so it tops out near {POOL} / (RTT + query) per second of calls' "
-        "queries; L1: bounded by the CPU the server and this load generator share)"
+        f"(no cache: every call holds one of POSTGRES_POOL_SIZE = {POOL} connections for a "
+        f"round trip, so it cannot pass about {POOL} / (RTT + query time) calls per second; "
+        "L1: bounded by the CPU the server and this load generator share)"
     )
     print(
         f"max RPS with p99 <= {bound_ms:g} ms: no cache {best['nocache']:,.0f}, L1 "
