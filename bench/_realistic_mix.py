@@ -4,8 +4,9 @@ Both use the three PostgreSQL reads in turn (request ``n`` is GetExperiment,
 GetAssignment or GetUserProfile by ``n % 3``):
 
 - capacity: warmed keys, concurrency raised step by step on the no-cache and
-  the L1 server until two steps in a row pass the p99 bound; the highest RPS
-  of a step within it (the seed's "10x more concurrent requests");
+  the L1 server until two steps in a row pass the p99 bound (each step the
+  best of a few tries); the highest RPS of a step within it (the seed's
+  "10x more concurrent requests");
 - Zipf(1.1) over every user (profiles, assignments) and every experiment,
   from a cold cache on the L1 server: the store reads it avoided, from the
   server's Stats (the seed's "60-80% fewer database queries").
@@ -14,8 +15,17 @@ GetAssignment or GetUserProfile by ``n % 3``):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from _common import RequestFactory, call_many, run_closed_loop, table, type_stats
+from _common import (
+    Channels,
+    LoadResult,
+    RequestFactory,
+    call_many,
+    run_closed_loop,
+    table,
+    type_stats,
+)
 from _data import unlink_matching
 from _realistic_env import Env, Sizes
 from _workloads import Zipf, experiment_id, get_assignment, get_experiment, get_user_profile
@@ -40,29 +50,50 @@ def mix(factories: Mapping[str, RequestFactory]) -> RequestFactory:
     return lambda n: factories[PG_OPS[n % 3]](n // 3)
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """How the capacity section steps: levels, seconds and tries per level, the p99 bound."""
+
+    steps: Sequence[int]
+    step_s: float
+    tries: int
+    bound_ms: float
+    working_set: int
+
+
+async def step(channels: Channels, read: RequestFactory, c: int, cap: Capacity) -> LoadResult:
+    """The try with the lowest p99 among ``cap.tries`` runs at concurrency ``c``.
+
+    The machine is shared: a burst of background load in one run would
+    otherwise decide the step.
+    """
+    runs = [
+        await run_closed_loop(
+            channels.stubs, read, concurrency=c, duration_s=cap.step_s, max_requests=10_000_000
+        )
+        for _ in range(cap.tries)
+    ]
+    return min(runs, key=lambda r: (r.errors > 0, r.p(99)))
+
+
 async def run_capacity(
-    env: Env,
-    factories: Mapping[str, RequestFactory],
-    steps: Sequence[int],
-    step_s: float,
-    bound_ms: float,
-    rtt: float,
+    env: Env, factories: Mapping[str, RequestFactory], cap: Capacity, rtt: float
 ) -> None:
     """Raise the concurrency until p99 passes the bound; best RPS under it, no cache vs L1."""
     read = mix(factories)
+    bound_ms = cap.bound_ms
     rows: list[list[object]] = []
     best: dict[str, float] = {}
     for server in ("nocache", "l1"):
         channels = env.channels[server]
         if server == "l1":  # every key of the mix in Redis and the L1
+            warm = [read(n) for n in range(3 * cap.working_set)]
             for _ in range(2):
-                await call_many(channels.stubs[0], [read(n) for n in range(3_000)], 16)
+                await call_many(channels.stubs[0], warm, 16)
         best[server] = 0.0
         over = 0  # consecutive steps over the bound: one may be a burst of background load
-        for c in steps:
-            r = await run_closed_loop(
-                channels.stubs, read, concurrency=c, duration_s=step_s, max_requests=10_000_000
-            )
+        for c in cap.steps:
+            r = await step(channels, read, c, cap)
             within = r.errors == 0 and r.p(99) <= bound_ms * 1000
             if within:
                 best[server] = max(best[server], r.rps)
