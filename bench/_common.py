@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from mcprouter.v1.serve_status_pb2 import DataType
 
 REPO = Path(__file__).resolve().parent.parent
 SERVING = health_pb2.HealthCheckResponse.SERVING
+# The repository's venv, else the one running the bench (a git worktree has no .venv).
+_VENV_ROUTER = REPO / ".venv/bin/mcp-router"
+MCP_ROUTER = _VENV_ROUTER if _VENV_ROUTER.exists() else Path(sys.executable).with_name("mcp-router")
 
 # A request factory gets the worker's sequence number and returns the request.
 RequestFactory = Callable[[int], rs.RouteDataRequest]

@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import REPO, Channels, ServerProcess, free_port
+from _common import MCP_ROUTER, Channels, ServerProcess, free_port
 
 from mcprouter.server.config import Settings
 
@@ -61,7 +61,7 @@ def router_server(name: str, port: int, env: dict[str, str], tmp: Path) -> Serve
         "DRAIN_DELAY_S": "0",
         **env,
     }
-    argv = [str(REPO / ".venv/bin/mcp-router"), "serve"]
+    argv = [str(MCP_ROUTER), "serve"]
     return ServerProcess(name, argv, env, port, tmp / f"{name}.log")
 
 

@@ -2,13 +2,15 @@
 
 For one worker and for two (``WORKERS=1`` is today's single process; with 2
 a supervisor, two workers, the ClickHouse host and a ``chroma run``), it
-starts three servers in turn: the default cache (``l1``: the in-process L1
+starts four servers in turn: the default cache (``l1``: the in-process L1
 in front of Redis), the same with the L1 off (``redis``: every hit one Redis
-GET), and the bare grpc.aio RouterService (``bare``: a prebuilt answer, no
-backend; forked the same way for two workers). It prints:
+GET), the same with ``CACHE_ENABLED=false`` (``nocache``: every call one
+PostgreSQL query), and the bare grpc.aio RouterService (``bare``: a prebuilt
+answer, no backend; forked the same way for two workers). It prints:
 
 1. **server CPU per RPC** (µs) of ``GetExperiment`` for hit-L1, hit-Redis,
-   miss (a fresh experiment row per call: GET, lease, PostgreSQL, SET) and
+   miss (a fresh experiment row per call: GET, lease, PostgreSQL, SET),
+   no-cache (the same hot keys on ``nocache``: one PostgreSQL query) and
    bare, from the server processes' own CPU counters (``/proc/<pid>/stat``
    utime + stime of the server and every process under it — supervisor,
    workers, ClickHouse host, Chroma server — not Redis or PostgreSQL); the
@@ -46,7 +48,7 @@ from typing import Any
 import asyncpg
 import uvloop
 from _common import (
-    REPO,
+    MCP_ROUTER,
     Channels,
     ServerProcess,
     call_many,
@@ -80,7 +82,7 @@ def router_server(name: str, workers: int, env: dict[str, str], tmp: Path) -> Se
         "WORKERS": str(workers),
         **env,
     }
-    argv = [str(REPO / ".venv/bin/mcp-router"), "serve"]
+    argv = [str(MCP_ROUTER), "serve"]
     return ServerProcess(name, argv, env, port, tmp / f"{name}.log")
 
 
@@ -163,7 +165,7 @@ async def run(args: argparse.Namespace) -> None:
             responses = tmp / "responses.json"
             for workers in (1, 2):
                 cells = await run_workers(workers, common, namespace, plan, tmp, dsn, responses)
-                for mode in ("hit-l1", "hit-redis", "miss", "bare"):
+                for mode in ("hit-l1", "hit-redis", "miss", "no-cache", "bare"):
                     cell = cells[("cpu", mode)]
                     cpu_rows.append(
                         [f"{mode}, {workers} worker{'s' if workers > 1 else ''}",
@@ -201,7 +203,7 @@ async def run_workers(
     dsn: str,
     responses: Path,
 ) -> dict[tuple[str, str], Cell]:
-    """Every cell of one worker count: l1, redis and bare servers, one at a time."""
+    """Every cell of one worker count: l1, redis, nocache and bare servers, one at a time."""
     cells: dict[tuple[str, str], Cell] = {}
     misses = [f"expw{workers}-{i}" for i in range(plan.miss_rows)]
     if workers == 1:
@@ -211,13 +213,16 @@ async def run_workers(
     configs = {
         "l1": {"KEY_NAMESPACE": f"{namespace}{workers}c:"},
         "redis": {"CACHE_LOCAL_MAX_ENTRIES": "0", "KEY_NAMESPACE": f"{namespace}{workers}r:"},
+        "nocache": {"CACHE_ENABLED": "false", "KEY_NAMESPACE": f"{namespace}{workers}n:"},
     }
+    mode_of = {"l1": "hit-l1", "redis": "hit-redis", "nocache": "no-cache"}
     for name, env in configs.items():
         server = router_server(f"{name}-{workers}", workers, {**common, **env}, tmp)
         async with running(server, tmp) as (proc, channels):
             print(f"{proc.name}: channels per worker pid {await workers_reached(channels)}")
-            await warm(channels, hot_requests)
-            mode = "hit-l1" if name == "l1" else "hit-redis"
+            # Without a cache, one pass through every channel opens the pools.
+            await warm(channels, hot_requests[:100] if name == "nocache" else hot_requests)
+            mode = mode_of[name]
             if name == "l1":  # the bare server answers this real reply
                 reply = await channels.stubs[0].RouteData(hot(0), timeout=10)
                 text = f'{{"get_experiment": "{reply.SerializeToString().hex()}"}}'
@@ -225,6 +230,8 @@ async def run_workers(
             cells[("cpu", mode)] = await measure(
                 proc, channels, hot, concurrency=plan.cpu_concurrency, duration_s=plan.duration_s
             )
+            if name == "nocache":  # CPU only: the 1-vs-2 table compares hit traffic
+                continue
             cells[("load", mode)] = await measure(
                 proc, channels, hot, concurrency=plan.load_concurrency, duration_s=plan.duration_s
             )
