@@ -55,6 +55,20 @@ async def open_backends(pg_dsn: str, redis_url: str, tmp: Path) -> AsyncIterator
         yield Backends(dsn, url, embedded=True)
 
 
+async def migrated_database(stack: AsyncExitStack, backends: Backends, database: str) -> str:
+    """Create ``database`` with the service's schema, dropped when ``stack`` closes; its DSN."""
+    from mcprouter.server.postgres.migrations import apply_migrations
+
+    dsn = await create_database(backends.postgres_admin_dsn, database)
+    stack.push_async_callback(drop_database, backends.postgres_admin_dsn, database)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+    return dsn
+
+
 def database_dsn(admin_dsn: str, database: str) -> str:
     """``admin_dsn`` pointing at another database (query string kept)."""
     parts = urlsplit(admin_dsn)

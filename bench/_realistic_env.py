@@ -30,12 +30,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from _common import Channels, ServerProcess, free_port
-from _data import copy_rows, create_database, drop_database, open_backends, unlink_matching
+from _data import copy_rows, migrated_database, open_backends, unlink_matching
 from _proxy import ProxyProcess
 from _servers import L1_MAX_AGE_S, L1_MAX_ENTRIES, router_server
 from _workloads import experiment_id, user_id
-
-from mcprouter.server.postgres.migrations import apply_migrations
 
 ANALYTICS_EXPERIMENT = "exp-events"
 VARIANTS = ("control", "treatment")
@@ -181,14 +179,8 @@ async def realistic_env(
             f"{database}; key namespaces {namespace}n: / r: / c:",
             flush=True,
         )
-        dsn = await create_database(backends.postgres_admin_dsn, database)
-        stack.push_async_callback(drop_database, backends.postgres_admin_dsn, database)
+        dsn = await migrated_database(stack, backends, database)
         stack.push_async_callback(report_unlinked, backends.redis_url, namespace)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await apply_migrations(conn)
-        finally:
-            await conn.close()
         target = urlsplit(dsn)
         proxy = ProxyProcess(
             (target.hostname or "127.0.0.1", target.port or 5432), rtt_ms, free_port()

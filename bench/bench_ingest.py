@@ -34,15 +34,13 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import clickhouse_connect
 import uvloop
 from _common import Channels, ServerProcess, free_port, table
 from _cpu import Cell, measure
-from _data import create_database, drop_database, open_backends, unlink_matching
+from _data import migrated_database, open_backends, unlink_matching
 from _servers import bare_server, router_server
 
-from mcprouter.server.postgres.migrations import apply_migrations
 from mcprouter.v1 import router_service_pb2 as rs
 from mcprouter.v1.events_pb2 import Event
 from mcprouter.v1.experiment_pb2 import Experiment, ExperimentStatus, Variant
@@ -121,13 +119,7 @@ async def run(args: argparse.Namespace) -> None:
             backends = await stack.enter_async_context(
                 open_backends(args.postgres_dsn, args.redis_url, tmp)
             )
-            dsn = await create_database(backends.postgres_admin_dsn, database)
-            stack.push_async_callback(drop_database, backends.postgres_admin_dsn, database)
-            conn = await asyncpg.connect(dsn)
-            try:
-                await apply_migrations(conn)
-            finally:
-                await conn.close()
+            dsn = await migrated_database(stack, backends, database)
             stack.push_async_callback(unlink_matching, backends.redis_url, namespace + "*")
             server = router_server(
                 "ingest",

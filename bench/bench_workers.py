@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import uvloop
 from _common import (
     MCP_ROUTER,
@@ -56,11 +55,10 @@ from _common import (
     table,
 )
 from _cpu import Cell, measure
-from _data import copy_rows, create_database, drop_database, open_backends, unlink_matching
+from _data import copy_rows, migrated_database, open_backends, unlink_matching
 from _servers import bare_server
 from _workloads import experiment_id, get_experiment
 
-from mcprouter.server.postgres.migrations import apply_migrations
 from mcprouter.v1 import router_service_pb2 as rs
 
 HOT_KEYS = 1_000
@@ -151,13 +149,7 @@ async def run(args: argparse.Namespace) -> None:
             backends = await stack.enter_async_context(
                 open_backends(args.postgres_dsn, args.redis_url, tmp)
             )
-            dsn = await create_database(backends.postgres_admin_dsn, database)
-            stack.push_async_callback(drop_database, backends.postgres_admin_dsn, database)
-            conn = await asyncpg.connect(dsn)
-            try:
-                await apply_migrations(conn)
-            finally:
-                await conn.close()
+            dsn = await migrated_database(stack, backends, database)
             stack.push_async_callback(unlink_matching, backends.redis_url, namespace + "*")
             common = {"POSTGRES_DSN": dsn, "REDIS_URL": backends.redis_url}
             cpu_rows: list[list[object]] = []
