@@ -246,6 +246,21 @@ async def test_dedup_settle_stored_across_slots(client: RedisClient) -> None:
         await core.cache.aclose()
 
 
+async def test_dedup_release_across_slots(client: RedisClient) -> None:
+    space = KeySpace(f"cl-{uuid.uuid4().hex[:6]}:")
+    core = wiring.cache_core(client, space, CacheStats(), redis_timeout_s=2.0)
+    followups = FollowUps()
+    records = DedupRecords(core.state, space, followups, DedupPolicy())
+    try:
+        ids = [uid("ev") for _ in range(30)]  # many slots
+        claim = await records.claim(ids)
+        await records.release(claim)
+        assert await client.exists(*claim.keys) == 0
+    finally:
+        await followups.aclose()
+        await core.cache.aclose()
+
+
 async def test_counters_of_many_experiments_land_in_their_slots(client: RedisClient) -> None:
     space = KeySpace(f"cl-{uuid.uuid4().hex[:6]}:")
     core = wiring.cache_core(client, space, CacheStats(), redis_timeout_s=2.0)
