@@ -8,6 +8,7 @@ the TTLs written, and that every write touches only the records it should.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -174,3 +175,13 @@ async def test_claim_when_redis_fails_raises_cache_unavailable(namespace: str) -
     finally:
         await followups.aclose()
         await client.aclose()
+
+
+async def test_concurrent_mark_done_of_different_claims_each_land(
+    records: DedupRecords, redis_client: aioredis.Redis, namespace: str
+) -> None:
+    """Each mark is a follow-up of its own: one running does not absorb another."""
+    first, second = await records.claim(["c1"]), await records.claim(["c2"])
+    await asyncio.gather(records.mark_done([first]), records.mark_done([second]))
+    assert await redis_client.get(key(namespace, "c1")) == b"1"
+    assert await redis_client.get(key(namespace, "c2")) == b"1"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -204,3 +205,22 @@ async def test_aclose_waits_for_ingestion_and_keeps_its_failure_to_the_task(rig:
 
     assert task.done()
     assert isinstance(task.exception(), errors.Unavailable)
+
+
+async def test_a_started_ingestion_is_released_and_its_failure_retrieved(rig: Rig) -> None:
+    """Nobody awaits a task whose RPC was cancelled: the tracker lets go of it
+    once done and retrieves its error, so none is reported as never retrieved."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        rig.fail_inserts = True
+        task = rig.tracker.start([event("e-unawaited")])
+        await eventually(task.done, "ingestion failed")
+        await eventually(lambda: not rig.tracker._tasks, "task released")
+        del task
+        gc.collect()
+        assert reported == []
+    finally:
+        loop.set_exception_handler(previous)
