@@ -32,6 +32,7 @@ from mcprouter.server.stats import CacheStats, Outcome
 from mcprouter.v1.cache_envelope_pb2 import CacheEnvelope
 from mcprouter.v1.experiment_pb2 import Experiment
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
+from tests.conditions import eventually
 from tests.fakes import FakeClock, FixedRandom
 
 EXPERIMENT = DataType.DATA_TYPE_EXPERIMENT
@@ -394,6 +395,70 @@ async def test_cancelled_first_caller_does_not_cancel_the_load(
 
 
 # -- XFetch ---------------------------------------------------------------------------------
+
+
+async def _refresh_due(
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock, store: Store
+) -> CacheAside:
+    """A cache holding KEY in Redis, 1 s before expiry: the next read refreshes early."""
+    cache = CacheAside(
+        redis_client,
+        KeySpace(namespace),
+        CacheStats(),
+        CircuitBreaker(),
+        clock=clock,
+        rng=FixedRandom(0.01),
+    )
+    store.put(KEY, version=1)
+    await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(jitter=0.0, fresh_ttl=100.0))
+    await cache.settle()
+    clock.advance(99.0)
+    return cache
+
+
+async def test_a_failed_early_refresh_is_logged_and_the_cached_value_served(
+    redis_client: aioredis.Redis,
+    namespace: str,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = Store(clock=clock, load_seconds=2.0)
+    cache = await _refresh_due(redis_client, namespace, clock, store)
+    try:
+        store.error = FailedPrecondition("experiment archived")
+        exact = policy(jitter=0.0, fresh_ttl=100.0)
+        served = await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)
+        assert served.status == CACHED
+        await eventually(
+            lambda: any("early refresh failed" in r.getMessage() for r in caplog.records),
+            "the refresh's failure logged",
+        )
+        [record] = [r for r in caplog.records if "early refresh failed" in r.getMessage()]
+        assert "FailedPrecondition: experiment archived" in record.getMessage()
+    finally:
+        await cache.aclose()
+
+
+async def test_an_early_refresh_cancelled_at_shutdown_reports_nothing(
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock
+) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    store = Store(clock=clock, load_seconds=2.0)
+    cache = await _refresh_due(redis_client, namespace, clock, store)
+    try:
+        store.gate, store.started = asyncio.Event(), asyncio.Event()
+        exact = policy(jitter=0.0, fresh_ttl=100.0)
+        assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)).status == CACHED
+        await store.started.wait()  # the refresh is loading, held at the gate
+        await cache.aclose()  # cancels it
+        await asyncio.sleep(0)  # done callbacks run
+        assert reported == []
+    finally:
+        loop.set_exception_handler(previous)
+        await cache.aclose()
 
 
 async def test_early_refresh_runs_in_background(
