@@ -115,3 +115,23 @@ async def test_the_callers_deadline_bounds_the_commit() -> None:
         budget.set_deadline(None)
     assert seen == [deadline]
     await writes.aclose()
+
+
+async def test_aclose_waits_for_a_failing_write_without_raising_its_error() -> None:
+    writes, follow_up = Writes(recheck_s=3600), FollowUp()
+    gate = asyncio.Event()
+
+    async def commit() -> None:
+        await gate.wait()
+        raise errors.NotFound("gone")
+
+    caller = asyncio.create_task(writes.run(commit, follow_up))
+    await asyncio.sleep(0)
+    caller.cancel()  # nobody awaits the write's outcome now
+    closing = asyncio.create_task(writes.aclose())
+    await asyncio.sleep(0)
+    gate.set()
+    await closing
+    assert follow_up.runs == 0
+    with pytest.raises(asyncio.CancelledError):
+        await caller
