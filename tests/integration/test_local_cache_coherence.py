@@ -137,9 +137,10 @@ async def test_l1_hits_are_counted_and_answer_like_redis_hits(
     pair: tuple[Instance, Instance],
 ) -> None:
     a, _ = pair
-    await a.read()
+    loaded = await a.cache.get_or_load(KEY, Experiment, a.loader(), POLICY)
     served = await a.cache.get_or_load(KEY, Experiment, a.loader(), POLICY)
     assert (served.status, served.key) == (ServeStatus.SERVE_STATUS_CACHED, KEY)
+    assert served.stored_at == loaded.stored_at  # when the store was read, not now
     per_type = a.stats.snapshot().per_type[EXPERIMENT]
     assert (per_type[Outcome.HIT], per_type[Outcome.LOCAL_HIT]) == (1, 1)
 
