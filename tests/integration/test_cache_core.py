@@ -682,6 +682,22 @@ async def test_invalidate_raises_when_redis_is_down(namespace: str, stats: Cache
     assert stats.redis_errors == 1
 
 
+async def test_invalidate_failure_names_keys_and_patterns(
+    namespace: str, stats: CacheStats
+) -> None:
+    keys = [f"experiment:e{i}" for i in range(25)]
+    async with dead_redis() as dead:
+        cache = CacheAside(dead, KeySpace(namespace), stats, CircuitBreaker())
+        with pytest.raises(CacheUnavailable) as caught:
+            await cache.invalidate([*keys, keys[0]], ["analytics:e0:*"])
+    shown = ", ".join(repr(k) for k in keys[:5])
+    assert caught.value.message == (
+        f"could not invalidate {shown}: Redis failed and the cache may still "
+        "hold the old values; retry"
+    )
+    assert caught.value.metadata == {"key": ",".join(keys[:20]), "pattern": "analytics:e0:*"}
+
+
 # -- disabled policy ------------------------------------------------------------------------
 
 
