@@ -13,7 +13,7 @@ CLIENT_GEN := $(TS_CLIENT)/src/gen $(GO_CLIENT)/gen
 GO_APT_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
 	golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev
 
-.PHONY: run test install generate check-generated lint typecheck check unit integration e2e clean go-deps promtool
+.PHONY: run test install generate check-generated lint typecheck check unit integration e2e mutants clean go-deps promtool
 
 # Idempotent install: re-runs only when a pyproject.toml changes. Both
 # distributions are editable: the client (clients/python, which also puts
@@ -105,5 +105,24 @@ integration: install
 e2e: install
 	$(BIN)/pytest -q tests/e2e
 
+## mutants: mutation testing (mutmut) of the cache core, the write paths and
+## ingestion; slow, so not part of `make test`. MUTANTS narrows the run to a
+## glob of mutant names, e.g. MUTANTS='mcprouter.server.clickhouse.dedup.*'.
+# mutmut names a module after its path minus a leading "src.", so it runs in
+# $(MUTMUT_DIR), where src/ links to service/; results stay there between runs
+# (a rerun tests only mutants whose function changed). One worker: the tests
+# share one Redis and one PostgreSQL, and the machine has few cores.
+MUTMUT_DIR := .mutmut
+MUTANTS ?=
+mutants: install
+	mkdir -p $(MUTMUT_DIR)
+	ln -sfn ../service $(MUTMUT_DIR)/src
+	ln -sfn ../tests $(MUTMUT_DIR)/tests
+	ln -sfn ../pyproject.toml $(MUTMUT_DIR)/pyproject.toml
+	cd $(MUTMUT_DIR) && PYTHONPATH=$(CURDIR)/clients/python:$(CURDIR)/generated/python \
+		$(CURDIR)/$(BIN)/mutmut run --max-children 1 $(MUTANTS)
+	cd $(MUTMUT_DIR) && $(CURDIR)/$(BIN)/mutmut export-cicd-stats
+	$(PY) tests/mutants/scores.py $(MUTMUT_DIR)/mutants
+
 clean:
-	rm -rf $(VENV) .mcp-router .pytest_cache .mypy_cache .ruff_cache $(TS_CLIENT)/node_modules
+	rm -rf $(MUTMUT_DIR) $(VENV) .mcp-router .pytest_cache .mypy_cache .ruff_cache $(TS_CLIENT)/node_modules

@@ -38,6 +38,7 @@ from mcprouter.v1.cache_envelope_pb2 import CacheEnvelope
 from mcprouter.v1.experiment_pb2 import Assignment, Experiment
 from mcprouter.v1.serve_status_pb2 import DataType, ServeStatus
 from tests.backends import restartable_valkey
+from tests.conditions import eventually
 from tests.fakes import FakeClock, FixedRandom
 from tests.faults.harness import frozen, valkey_pid
 from tests.integration.pg_experiments import ExperimentDb, Loads
@@ -417,6 +418,80 @@ async def test_cancelled_first_caller_does_not_cancel_the_load(
 # -- XFetch ---------------------------------------------------------------------------------
 
 
+async def _refresh_due(
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock, store: Loads
+) -> CacheAside:
+    """A cache holding KEY in Redis, 1 s before expiry: the next read refreshes early."""
+    cache = CacheAside(
+        redis_client,
+        KeySpace(namespace),
+        CacheStats(),
+        CircuitBreaker(),
+        clock=clock,
+        rng=FixedRandom(0.01),
+    )
+    await store.put(KEY, version=1)
+    await cache.get_or_load(KEY, Experiment, store.loader(KEY), policy(jitter=0.0, fresh_ttl=100.0))
+    await cache.settle()
+    clock.advance(99.0)
+    return cache
+
+
+async def test_a_failed_early_refresh_is_logged_and_the_cached_value_served(
+    redis_client: aioredis.Redis,
+    namespace: str,
+    clock: FakeClock,
+    experiment_db: ExperimentDb,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refresh whose store answers with a refusal (a RouterError, not an
+    outage, which keeps the fresh entry quietly): the cached value is served
+    and the refusal logged."""
+    store = Loads(experiment_db, clock=clock, load_seconds=2.0)
+    cache = await _refresh_due(redis_client, namespace, clock, store)
+    real = store.loader(KEY)
+
+    async def refused() -> Experiment | None:
+        await real()  # the real query runs; the answer is then refused
+        raise FailedPrecondition("experiment archived")
+
+    try:
+        exact = policy(jitter=0.0, fresh_ttl=100.0)
+        served = await cache.get_or_load(KEY, Experiment, refused, exact)
+        assert served.status == CACHED
+        await eventually(
+            lambda: any("early refresh failed" in r.getMessage() for r in caplog.records),
+            "the refresh's failure logged",
+        )
+        [record] = [r for r in caplog.records if "early refresh failed" in r.getMessage()]
+        assert "FailedPrecondition: experiment archived" in record.getMessage()
+        assert store.calls == 2  # the first load and the refresh
+    finally:
+        await cache.aclose()
+
+
+async def test_an_early_refresh_cancelled_at_shutdown_reports_nothing(
+    redis_client: aioredis.Redis, namespace: str, clock: FakeClock, experiment_db: ExperimentDb
+) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    store = Loads(experiment_db, clock=clock, load_seconds=2.0)
+    cache = await _refresh_due(redis_client, namespace, clock, store)
+    try:
+        store.gate, store.started = asyncio.Event(), asyncio.Event()
+        exact = policy(jitter=0.0, fresh_ttl=100.0)
+        assert (await cache.get_or_load(KEY, Experiment, store.loader(KEY), exact)).status == CACHED
+        await store.started.wait()  # the refresh is loading, held at the gate
+        await cache.aclose()  # cancels it
+        await asyncio.sleep(0)  # done callbacks run
+        assert reported == []
+    finally:
+        loop.set_exception_handler(previous)
+        await cache.aclose()
+
+
 async def test_early_refresh_runs_in_background(
     redis_client: aioredis.Redis,
     namespace: str,
@@ -637,6 +712,23 @@ async def test_invalidate_raises_when_redis_is_down(namespace: str, stats: Cache
     assert KEY in caught.value.message
     assert isinstance(caught.value.__cause__, RedisError | OSError)
     assert stats.redis_errors == 1
+
+
+async def test_invalidate_failure_names_keys_and_patterns(
+    namespace: str, stats: CacheStats
+) -> None:
+    keys = [f"experiment:e{i}" for i in range(25)]
+    patterns = [f"analytics:e{i}:*" for i in range(21)]
+    async with dead_redis() as dead:
+        cache = CacheAside(dead, KeySpace(namespace), stats, CircuitBreaker())
+        with pytest.raises(CacheUnavailable) as caught:
+            await cache.invalidate([*keys, keys[0]], patterns)
+    shown = ", ".join(repr(k) for k in keys[:5])
+    assert caught.value.message == (
+        f"could not invalidate {shown}: Redis failed and the cache may still "
+        "hold the old values; retry"
+    )
+    assert caught.value.metadata == {"key": ",".join(keys[:20]), "pattern": ",".join(patterns[:20])}
 
 
 # -- disabled policy ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from mcprouter.server import errors
 from mcprouter.server.cache import CacheAside, CachePolicy, CircuitBreaker, LocalCache
 from mcprouter.server.keys import KeySpace
 from mcprouter.server.stats import CacheStats, Outcome
@@ -100,3 +101,56 @@ async def test_no_local_hits_without_the_feed(
         assert lone.local_hits() == 0
     finally:
         await lone.cache.aclose()
+
+
+async def test_a_remote_invalidation_drops_only_what_it_names(
+    pair: tuple[Instance, Instance],
+) -> None:
+    """The feed applies another instance's invalidation to exactly its keys and
+    patterns: the rest of the L1 stays, and so does the feed (a failure to
+    apply would turn the L1 off and empty it)."""
+    a, b = pair
+    other = "experiment:other"
+    await a.store.put(other)
+    await a.read()
+    await a.cache.get_or_load(other, Experiment, a.store.loader(other), POLICY)
+    assert a.local.get(KEY) is not None and a.local.get(other) is not None
+
+    await b.cache.invalidate([KEY])
+    await eventually(lambda: a.local.get(KEY) is None)
+    assert a.local.get(other) is not None
+    assert a.local.active
+
+    await b.cache.invalidate(patterns=["experiment:oth*"])
+    await eventually(lambda: a.local.get(other) is None)
+    assert a.local.active
+
+
+async def test_l1_hits_are_counted_and_answer_like_redis_hits(
+    pair: tuple[Instance, Instance],
+) -> None:
+    a, _ = pair
+    loaded = await a.cache.get_or_load(KEY, Experiment, a.store.loader(KEY), POLICY)
+    served = await a.cache.get_or_load(KEY, Experiment, a.store.loader(KEY), POLICY)
+    assert (served.status, served.key) == (ServeStatus.SERVE_STATUS_CACHED, KEY)
+    assert served.stored_at == loaded.stored_at  # when the store was read, not now
+    per_type = a.stats.snapshot().per_type[EXPERIMENT]
+    assert (per_type[Outcome.HIT], per_type[Outcome.LOCAL_HIT]) == (1, 1)
+
+
+async def test_an_l1_negative_hit_raises_not_found_of_the_key(
+    pair: tuple[Instance, Instance],
+) -> None:
+    a, _ = pair
+    missing = "experiment:missing"  # no such row: the store answers None
+    absent = a.store.loader(missing)
+    with pytest.raises(errors.NotFound):
+        await a.cache.get_or_load(missing, Experiment, absent, POLICY)
+    assert a.local.get(missing) is not None  # "not found", admitted to the L1
+
+    with pytest.raises(errors.NotFound) as caught:
+        await a.cache.get_or_load(missing, Experiment, absent, POLICY)
+    assert caught.value.metadata == {"key": missing, "data_type": "DATA_TYPE_EXPERIMENT"}
+    per_type = a.stats.snapshot().per_type[EXPERIMENT]
+    assert per_type[Outcome.NEGATIVE_HIT] == 1
+    assert per_type.get(Outcome.LOCAL_HIT, 0) == 0

@@ -15,7 +15,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -427,6 +427,68 @@ async def test_write_survives_redis_down_and_invalidation_is_retried(
         assert not rig.cache.awaiting_invalidation(key)
         assert not await private_redis.exists(rkey)
         assert (await get_experiment(rig, exp.experiment_id))[1].name == "after outage"
+    finally:
+        await rig.processor.aclose()
+        await rig.cache.aclose()
+
+
+async def test_an_assignment_of_a_missing_experiment_names_it_and_asks_the_cache_first(
+    rig: Rig,
+) -> None:
+    """The missing experiment is checked through the cache (a cached "not
+    found" spares PostgreSQL), and the error names it."""
+    missing = uid("missing")
+    op = rs.GetAssignmentOperation(experiment_id=missing, user_id="u1")
+    for _ in range(2):
+        with pytest.raises(errors.NotFound) as caught:
+            await rig.processor.get_assignment(op)
+        assert caught.value.reason == "EXPERIMENT_NOT_FOUND"
+        assert caught.value.metadata == {"experiment_id": missing}
+        assert str(caught.value) == f"experiment {missing!r} does not exist, so it assigns no one"
+    per_type = rig.stats.snapshot().per_type[DataType.DATA_TYPE_EXPERIMENT]
+    assert per_type[Outcome.NEGATIVE_HIT] == 1
+
+
+async def test_results_carry_their_key_and_when_the_value_was_stored(rig: Rig) -> None:
+    before = datetime.now(UTC)
+    exp = experiment(uid("e"))
+    stored = await rig.processor.upsert_experiment(rs.UpsertExperimentOperation(experiment=exp))
+    assert stored.cache_key == f"experiment:{exp.experiment_id}"
+    assert stored.stored_at is not None and stored.stored_at >= before
+
+    read = await rig.processor.get_experiment(
+        rs.GetExperimentOperation(experiment_id=exp.experiment_id)
+    )
+    assert read.stored_at is not None and read.stored_at >= before
+
+    profile = UserProfile(user_id=uid("u"))
+    saved = await rig.processor.upsert_user_profile(rs.UpsertUserProfileOperation(profile=profile))
+    assert saved.cache_key == f"user:{profile.user_id}:profile"
+    assert saved.stored_at is not None and saved.stored_at.tzinfo is not None
+
+
+async def test_with_the_assignment_cache_off_an_assignment_is_one_store_call(
+    redis_client: aioredis.Redis, pool: asyncpg.Pool, namespace: str
+) -> None:
+    """No experiment check first: the store's own refusal names the experiment."""
+    rig = build_rig(redis_client, pool, namespace, CircuitBreaker())
+    off = replace(policies(), assignment=replace(policies().assignment, enabled=False))
+    rig.processor = PostgresProcessor(rig.store, rig.cache, off)
+    try:
+        missing = uid("missing")
+        before = rig.store.queries
+        with pytest.raises(errors.NotFound) as caught:
+            await rig.processor.get_assignment(
+                rs.GetAssignmentOperation(experiment_id=missing, user_id="u1")
+            )
+        assert caught.value.metadata == {"experiment_id": missing}
+        assert rig.store.queries - before == 1
+
+        exp = await create(rig, experiment(uid("e")))
+        before = rig.store.queries
+        op = rs.GetAssignmentOperation(experiment_id=exp.experiment_id, user_id="u1")
+        assert (await rig.processor.get_assignment(op)).status == FRESH
+        assert rig.store.queries - before == 1
     finally:
         await rig.processor.aclose()
         await rig.cache.aclose()

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 from mcprouter.server import errors, wiring
 from mcprouter.server.cache import CachePolicy, LocalCache
@@ -202,6 +203,59 @@ async def test_dedup_claims_across_slots_are_all_or_nothing(client: RedisClient)
         await records.mark_done([first])
         again = await records.claim(ids)
         assert again.is_new == [False] * 20 + [True] * 10  # done: DUPLICATE; the rest new
+    finally:
+        await followups.aclose()
+        await core.cache.aclose()
+
+
+async def test_dedup_two_slots_one_in_flight_claims_nothing(client: RedisClient) -> None:
+    """The smallest cross-slot request: two ids in two slots, one pending."""
+    space = KeySpace(f"cl-{uuid.uuid4().hex[:6]}:")
+    core = wiring.cache_core(client, space, CacheStats(), redis_timeout_s=2.0)
+    followups = FollowUps()
+    records = DedupRecords(core.state, space, followups, DedupPolicy())
+    try:
+        busy = uid("ev")
+        slot = key_slot(space.internal("dedup", busy).encode())
+        fresh = next(
+            i
+            for i in (uid("ev") for _ in range(100))
+            if key_slot(space.internal("dedup", i).encode()) != slot
+        )
+        await records.claim([busy])
+        with pytest.raises(errors.Unavailable):
+            await records.claim([fresh, busy])
+        assert await client.exists(space.internal("dedup", fresh)) == 0
+    finally:
+        await followups.aclose()
+        await core.cache.aclose()
+
+
+async def test_dedup_settle_stored_across_slots(client: RedisClient) -> None:
+    space = KeySpace(f"cl-{uuid.uuid4().hex[:6]}:")
+    core = wiring.cache_core(client, space, CacheStats(), redis_timeout_s=2.0)
+    followups = FollowUps()
+    records = DedupRecords(core.state, space, followups, DedupPolicy())
+    try:
+        ids = [uid("ev") for _ in range(30)]  # many slots
+        await records.claim(ids[:10])  # pending: made done too
+        assert await records.settle_stored(ids) == 30
+        assert (await records.claim(ids)).is_new == [False] * 30
+    finally:
+        await followups.aclose()
+        await core.cache.aclose()
+
+
+async def test_dedup_release_across_slots(client: RedisClient) -> None:
+    space = KeySpace(f"cl-{uuid.uuid4().hex[:6]}:")
+    core = wiring.cache_core(client, space, CacheStats(), redis_timeout_s=2.0)
+    followups = FollowUps()
+    records = DedupRecords(core.state, space, followups, DedupPolicy())
+    try:
+        ids = [uid("ev") for _ in range(30)]  # many slots
+        claim = await records.claim(ids)
+        await records.release(claim)
+        assert await client.exists(*claim.keys) == 0
     finally:
         await followups.aclose()
         await core.cache.aclose()
