@@ -151,10 +151,11 @@ class Writes:
 
     async def aclose(self) -> None:
         """Wait for the writes still running; fire pending rechecks and settle waits at once."""
-        for handle, fire in list(self._timers.items()):
-            handle.cancel()
-            fire()
-        while self._tasks or self._settling:
+        while self._tasks or self._settling or self._timers:
+            # Each round: a write that failed meanwhile may have added either.
+            for handle, fire in list(self._timers.items()):
+                handle.cancel()
+                fire()
             for task in self._settling:
                 task.cancel()  # no waiting at shutdown: its done callback follows up now
             await asyncio.gather(*self._settling, *self._tasks, return_exceptions=True)
