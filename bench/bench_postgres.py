@@ -148,7 +148,7 @@ def key_plan(cfg: Config) -> KeyPlan:
         users=cfg.users,
         working_set=cfg.working_set,
         miss_cap=cfg.miss_cap,
-        cells=len(cfg.concurrency),
+        cells=len(cfg.concurrency) + 1,  # one per matrix cell, the last for the miss profile
         stampede_keys=cfg.stampede_keys,
     )
 
@@ -413,20 +413,27 @@ async def run_stampedes(srv: Servers, plan: KeyPlan, cfg: Config) -> None:
 
 
 async def run_profiles(srv: Servers, plan: KeyPlan, cfg: Config, tmp: Path) -> None:
-    """py-spy on the L1, Redis-only and bare servers under GetExperiment hits, concurrency 64."""
-    for mode in ("hit-l1", "hit-redis", "bare"):
-        if mode != "bare":
+    """py-spy on each path's server under GetExperiment at concurrency 64.
+
+    Misses read the experiments kept for this profile (the plan's last miss
+    cell), so the load stops when they run out, before py-spy does.
+    """
+    for mode in ("hit-l1", "hit-redis", "miss", "no-cache", "bare"):
+        if mode in ("hit-l1", "hit-redis"):
             # The Zipf section emptied the default server's cache: warm it again.
             await prime(srv, mode, plan, "get_experiment")
         name = SERVER_OF_MODE[mode]
         proc = srv.processes[name].process
         assert proc is not None
+        miss = mode == "miss"
         load = run_closed_loop(
             srv.of(mode).stubs,
-            plan.hit_factory("get_experiment"),
+            plan.miss_factory("get_experiment", plan.cells - 1)
+            if miss
+            else plan.hit_factory("get_experiment"),
             concurrency=64,
             duration_s=cfg.profile_s + 1.0,
-            max_requests=10_000_000,
+            max_requests=plan.miss_cap if miss else 10_000_000,
         )
         print(f"\n== py-spy: {name} server ({mode}), GetExperiment at concurrency 64 ==")
         await profile_server(proc.pid, cfg.profile_s, load, tmp / f"{name}.pyspy.txt")
