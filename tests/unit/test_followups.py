@@ -89,6 +89,36 @@ async def test_a_request_during_an_attempt_gets_an_attempt_that_starts_after_it(
     await followups.aclose()
 
 
+async def test_requests_during_an_attempt_share_one_later_attempt() -> None:
+    """Follow-ups coalesce by name: three requests made while an attempt runs
+    get one attempt after it, never attempts of their own running beside it."""
+    followups = FollowUps()
+    gate, first_running = asyncio.Event(), asyncio.Event()
+    calls, running, most_at_once = 0, 0, 0
+
+    async def attempt() -> None:
+        nonlocal calls, running, most_at_once
+        calls += 1
+        running += 1
+        most_at_once = max(most_at_once, running)
+        try:
+            if calls == 1:
+                first_running.set()
+                await gate.wait()
+        finally:
+            running -= 1
+
+    first = asyncio.create_task(followups.run("a", attempt))
+    await first_running.wait()
+    later = [asyncio.create_task(followups.run("a", attempt)) for _ in range(3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(first, *later) == [True, True, True, True]
+    assert (calls, most_at_once) == (2, 1)
+    await followups.aclose()
+
+
 async def test_shutdown_makes_a_last_attempt_of_each_pending_follow_up() -> None:
     followups = FollowUps(first_delay_s=3600, max_delay_s=3600)
     flaky = Flaky(failures=1)
