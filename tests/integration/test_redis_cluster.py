@@ -14,6 +14,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -185,80 +186,75 @@ async def _version_is(core: wiring.Core, key: str, version: int) -> bool:
     return served.value.version == version
 
 
-async def test_dedup_claims_across_slots_are_all_or_nothing(client: RedisClient) -> None:
+@dataclass
+class Dedup:
+    """Dedup records on the cluster, in a key namespace of one test."""
+
+    records: DedupRecords
+    space: KeySpace
+    client: RedisClient
+
+
+@pytest.fixture
+async def dedup(client: RedisClient) -> AsyncIterator[Dedup]:
     space = KeySpace(f"cl-{uuid.uuid4().hex[:6]}:")
     core = wiring.cache_core(client, space, CacheStats(), redis_timeout_s=2.0)
     followups = FollowUps()
-    records = DedupRecords(core.state, space, followups, DedupPolicy())
     try:
-        ids = [uid("ev") for _ in range(30)]  # many slots
-        first = await records.claim(ids[:20])
-        assert all(first.is_new)
-        # ids[0] is pending now: a request holding it and ten fresh ids claims nothing.
-        with pytest.raises(errors.Unavailable) as caught:
-            await records.claim([*ids[20:], ids[0]])
-        assert caught.value.reason == "EVENTS_IN_FLIGHT"
-        fresh = [space.internal("dedup", i) for i in ids[20:]]
-        assert await client.exists(*fresh) == 0
-        await records.mark_done([first])
-        again = await records.claim(ids)
-        assert again.is_new == [False] * 20 + [True] * 10  # done: DUPLICATE; the rest new
+        yield Dedup(DedupRecords(core.state, space, followups, DedupPolicy()), space, client)
     finally:
         await followups.aclose()
         await core.cache.aclose()
 
 
-async def test_dedup_two_slots_one_in_flight_claims_nothing(client: RedisClient) -> None:
+async def test_dedup_claims_across_slots_are_all_or_nothing(dedup: Dedup) -> None:
+    records, space = dedup.records, dedup.space
+    client = dedup.client
+    ids = [uid("ev") for _ in range(30)]  # many slots
+    first = await records.claim(ids[:20])
+    assert all(first.is_new)
+    # ids[0] is pending now: a request holding it and ten fresh ids claims nothing.
+    with pytest.raises(errors.Unavailable) as caught:
+        await records.claim([*ids[20:], ids[0]])
+    assert caught.value.reason == "EVENTS_IN_FLIGHT"
+    fresh = [space.internal("dedup", i) for i in ids[20:]]
+    assert await client.exists(*fresh) == 0
+    await records.mark_done([first])
+    again = await records.claim(ids)
+    assert again.is_new == [False] * 20 + [True] * 10  # done: DUPLICATE; the rest new
+
+
+async def test_dedup_two_slots_one_in_flight_claims_nothing(dedup: Dedup) -> None:
     """The smallest cross-slot request: two ids in two slots, one pending."""
-    space = KeySpace(f"cl-{uuid.uuid4().hex[:6]}:")
-    core = wiring.cache_core(client, space, CacheStats(), redis_timeout_s=2.0)
-    followups = FollowUps()
-    records = DedupRecords(core.state, space, followups, DedupPolicy())
-    try:
-        busy = uid("ev")
-        slot = key_slot(space.internal("dedup", busy).encode())
-        fresh = next(
-            i
-            for i in (uid("ev") for _ in range(100))
-            if key_slot(space.internal("dedup", i).encode()) != slot
-        )
-        await records.claim([busy])
-        with pytest.raises(errors.Unavailable):
-            await records.claim([fresh, busy])
-        assert await client.exists(space.internal("dedup", fresh)) == 0
-    finally:
-        await followups.aclose()
-        await core.cache.aclose()
+    records, space = dedup.records, dedup.space
+    client = dedup.client
+    busy = uid("ev")
+    slot = key_slot(space.internal("dedup", busy).encode())
+    fresh = next(
+        i
+        for i in (uid("ev") for _ in range(100))
+        if key_slot(space.internal("dedup", i).encode()) != slot
+    )
+    await records.claim([busy])
+    with pytest.raises(errors.Unavailable):
+        await records.claim([fresh, busy])
+    assert await client.exists(space.internal("dedup", fresh)) == 0
 
 
-async def test_dedup_settle_stored_across_slots(client: RedisClient) -> None:
-    space = KeySpace(f"cl-{uuid.uuid4().hex[:6]}:")
-    core = wiring.cache_core(client, space, CacheStats(), redis_timeout_s=2.0)
-    followups = FollowUps()
-    records = DedupRecords(core.state, space, followups, DedupPolicy())
-    try:
-        ids = [uid("ev") for _ in range(30)]  # many slots
-        await records.claim(ids[:10])  # pending: made done too
-        assert await records.settle_stored(ids) == 30
-        assert (await records.claim(ids)).is_new == [False] * 30
-    finally:
-        await followups.aclose()
-        await core.cache.aclose()
+async def test_dedup_settle_stored_across_slots(dedup: Dedup) -> None:
+    records = dedup.records
+    ids = [uid("ev") for _ in range(30)]  # many slots
+    await records.claim(ids[:10])  # pending: made done too
+    assert await records.settle_stored(ids) == 30
+    assert (await records.claim(ids)).is_new == [False] * 30
 
 
-async def test_dedup_release_across_slots(client: RedisClient) -> None:
-    space = KeySpace(f"cl-{uuid.uuid4().hex[:6]}:")
-    core = wiring.cache_core(client, space, CacheStats(), redis_timeout_s=2.0)
-    followups = FollowUps()
-    records = DedupRecords(core.state, space, followups, DedupPolicy())
-    try:
-        ids = [uid("ev") for _ in range(30)]  # many slots
-        claim = await records.claim(ids)
-        await records.release(claim)
-        assert await client.exists(*claim.keys) == 0
-    finally:
-        await followups.aclose()
-        await core.cache.aclose()
+async def test_dedup_release_across_slots(dedup: Dedup) -> None:
+    records, client = dedup.records, dedup.client
+    ids = [uid("ev") for _ in range(30)]  # many slots
+    claim = await records.claim(ids)
+    await records.release(claim)
+    assert await client.exists(*claim.keys) == 0
 
 
 async def test_counters_of_many_experiments_land_in_their_slots(client: RedisClient) -> None:
