@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import secrets
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -53,6 +56,38 @@ async def open_backends(pg_dsn: str, redis_url: str, tmp: Path) -> AsyncIterator
         url = await stack.enter_async_context(embedded_redis(tmp / "embedded"))
         dsn = await stack.enter_async_context(embedded_postgres(tmp / "embedded"))
         yield Backends(dsn, url, embedded=True)
+
+
+@dataclass
+class BenchRun:
+    """What one bench run owns; all of it is removed when ``bench_run`` exits."""
+
+    token: str  # the run id in every name below
+    tmp: Path
+    stack: AsyncExitStack
+    backends: Backends
+    dsn: str  # a migrated database of this run
+    namespace: str  # the prefix of every Redis key of this run
+
+
+@asynccontextmanager
+async def bench_run(pg_dsn: str, redis_url: str, name: str, sep: str) -> AsyncIterator[BenchRun]:
+    """A temporary folder, backends, a migrated database and a key namespace of a run.
+
+    ``sep`` ends the namespace (``bench-<id>:``, or ``bench-<id>-`` when the
+    bench adds a suffix per server). Prints the load average first: figures
+    from a busy machine are read differently.
+    """
+    token = secrets.token_hex(4)
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as folder:
+        tmp = Path(folder)
+        async with AsyncExitStack() as stack:
+            backends = await stack.enter_async_context(open_backends(pg_dsn, redis_url, tmp))
+            dsn = await migrated_database(stack, backends, f"mcprouter_bench_{token}")
+            namespace = f"bench-{token}{sep}"
+            stack.push_async_callback(unlink_matching, backends.redis_url, namespace + "*")
+            yield BenchRun(token, tmp, stack, backends, dsn, namespace)
 
 
 async def migrated_database(stack: AsyncExitStack, backends: Backends, database: str) -> str:

@@ -25,12 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets
 import statistics
-import tempfile
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +34,7 @@ import clickhouse_connect
 import uvloop
 from _common import Channels, ServerProcess, free_port, table
 from _cpu import Cell, measure
-from _data import migrated_database, open_backends, unlink_matching
+from _data import bench_run
 from _servers import bare_server, router_server
 
 from mcprouter.v1 import router_service_pb2 as rs
@@ -109,106 +105,97 @@ def row(label: str, cell: Cell) -> list[object]:
 
 
 async def run(args: argparse.Namespace) -> None:
-    token = secrets.token_hex(4)
-    database = f"mcprouter_bench_{token}"
-    namespace = f"bench-{token}:"
-    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as folder:
-        tmp = Path(folder)
-        async with AsyncExitStack() as stack:
-            backends = await stack.enter_async_context(
-                open_backends(args.postgres_dsn, args.redis_url, tmp)
-            )
-            dsn = await migrated_database(stack, backends, database)
-            stack.push_async_callback(unlink_matching, backends.redis_url, namespace + "*")
-            server = router_server(
-                "ingest",
-                free_port(),
-                {
-                    "POSTGRES_DSN": dsn,
-                    "REDIS_URL": backends.redis_url,
-                    "KEY_NAMESPACE": namespace,
-                    "INGEST_MAX_CONCURRENT_INSERTS": str(args.inserts),
-                },
-                tmp,
-            )
-            server.start(tmp)
-            stack.callback(stop_if_running, server)
-            await server.wait_healthy(timeout_s=120)
-            channels = Channels(server.target, CHANNELS)
-            experiment = Experiment(
-                experiment_id=EXPERIMENT,
-                name="ingest benchmark",
-                status=ExperimentStatus.EXPERIMENT_STATUS_RUNNING,
-                variants=[Variant(name=v, weight=50) for v in VARIANTS],
-            )
-            await channels.stubs[0].RouteData(
-                rs.RouteDataRequest(
-                    upsert_experiment=rs.UpsertExperimentOperation(experiment=experiment)
-                ),
-                timeout=30,
-            )
-            events = Events(token)
-            sample = await channels.stubs[0].RouteData(events.request(0), timeout=30)
-            responses = tmp / "responses.json"
-            responses.write_text(json.dumps({"track_events": sample.SerializeToString().hex()}))
-            bare = bare_server(free_port(), responses, tmp)
-            bare.start(tmp)
-            stack.callback(bare.stop)
-            await bare.wait_healthy()
-            bare_channels = Channels(bare.target, CHANNELS)
-            stack.push_async_callback(bare_channels.close)
+    async with bench_run(args.postgres_dsn, args.redis_url, "ingest", ":") as run:
+        token, tmp, stack, backends = run.token, run.tmp, run.stack, run.backends
+        dsn, namespace = run.dsn, run.namespace
+        server = router_server(
+            "ingest",
+            free_port(),
+            {
+                "POSTGRES_DSN": dsn,
+                "REDIS_URL": backends.redis_url,
+                "KEY_NAMESPACE": namespace,
+                "INGEST_MAX_CONCURRENT_INSERTS": str(args.inserts),
+            },
+            tmp,
+        )
+        server.start(tmp)
+        stack.callback(stop_if_running, server)
+        await server.wait_healthy(timeout_s=120)
+        channels = Channels(server.target, CHANNELS)
+        experiment = Experiment(
+            experiment_id=EXPERIMENT,
+            name="ingest benchmark",
+            status=ExperimentStatus.EXPERIMENT_STATUS_RUNNING,
+            variants=[Variant(name=v, weight=50) for v in VARIANTS],
+        )
+        await channels.stubs[0].RouteData(
+            rs.RouteDataRequest(
+                upsert_experiment=rs.UpsertExperimentOperation(experiment=experiment)
+            ),
+            timeout=30,
+        )
+        events = Events(token)
+        sample = await channels.stubs[0].RouteData(events.request(0), timeout=30)
+        responses = tmp / "responses.json"
+        responses.write_text(json.dumps({"track_events": sample.SerializeToString().hex()}))
+        bare = bare_server(free_port(), responses, tmp)
+        bare.start(tmp)
+        stack.callback(bare.stop)
+        await bare.wait_healthy()
+        bare_channels = Channels(bare.target, CHANNELS)
+        stack.push_async_callback(bare_channels.close)
 
-            # Warm-up: connections, pools, the experiment in the L1, first inserts.
-            warm = await measure(server, channels, events.request, concurrency=16, duration_s=2)
-            await measure(bare, bare_channels, events.request, concurrency=16, duration_s=1)
+        # Warm-up: connections, pools, the experiment in the L1, first inserts.
+        warm = await measure(server, channels, events.request, concurrency=16, duration_s=2)
+        await measure(bare, bare_channels, events.request, concurrency=16, duration_s=1)
 
-            rows: list[list[object]] = []
-            ratios: dict[int, list[float]] = {}
-            stored_status = ServeStatus.SERVE_STATUS_STORED
-            acknowledged = int(sample.status == stored_status)
-            acknowledged += warm.result.statuses.get(stored_status, 0)
-            for concurrency in args.concurrency:
-                for round_no in range(1, args.rounds + 1):
-                    ingest = await measure(
-                        server,
-                        channels,
-                        events.request,
-                        concurrency=concurrency,
-                        duration_s=args.duration,
-                    )
-                    base = await measure(
-                        bare,
-                        bare_channels,
-                        events.request,
-                        concurrency=concurrency,
-                        duration_s=args.duration,
-                    )
-                    acknowledged += ingest.result.statuses.get(stored_status, 0)
-                    rows.append(row(f"ingest c={concurrency} #{round_no}", ingest))
-                    for code, message in ingest.result.first_errors.items():
-                        print(f"ingest c={concurrency} #{round_no}: first {code}: {message}")
-                    rows.append(row(f"bare   c={concurrency} #{round_no}", base))
-                    ratio = ingest.result.rps / base.result.rps if base.result.rps else 0.0
-                    ratios.setdefault(concurrency, []).append(ratio)
-            print(
-                f"\nsingle-event track_events, {CHANNELS} channels, {args.duration:g} s per cell, "
-                f"INGEST_MAX_CONCURRENT_INSERTS={args.inserts}"
-            )
-            print(table(["cell", "RPS", "p50 ms", "p99 ms", "CPU µs/RPC", "RPCs", "errors"], rows))
-            print("\ningest / bare RPS (per round; median)")
-            for concurrency, values in ratios.items():
-                listed = ", ".join(f"{v:.2f}" for v in values)
-                print(f"  c={concurrency}: {listed}; median {statistics.median(values):.2f}")
-            await channels.close()
-            server.stop()  # graceful: what is in flight completes first
-            rows_stored, distinct = stored_rows(tmp / "ingest")
-            verdict = "ok" if rows_stored == distinct == acknowledged else "MISMATCH"
-            print(
-                f"\nacknowledged STORED: {acknowledged:,}; in ClickHouse: {rows_stored:,} rows, "
-                f"{distinct:,} distinct ids: {verdict} (an event that failed or timed out "
-                f"at the client may be stored without an acknowledgement: see errors)"
-            )
+        rows: list[list[object]] = []
+        ratios: dict[int, list[float]] = {}
+        stored_status = ServeStatus.SERVE_STATUS_STORED
+        acknowledged = int(sample.status == stored_status)
+        acknowledged += warm.result.statuses.get(stored_status, 0)
+        for concurrency in args.concurrency:
+            for round_no in range(1, args.rounds + 1):
+                ingest = await measure(
+                    server,
+                    channels,
+                    events.request,
+                    concurrency=concurrency,
+                    duration_s=args.duration,
+                )
+                base = await measure(
+                    bare,
+                    bare_channels,
+                    events.request,
+                    concurrency=concurrency,
+                    duration_s=args.duration,
+                )
+                acknowledged += ingest.result.statuses.get(stored_status, 0)
+                rows.append(row(f"ingest c={concurrency} #{round_no}", ingest))
+                for code, message in ingest.result.first_errors.items():
+                    print(f"ingest c={concurrency} #{round_no}: first {code}: {message}")
+                rows.append(row(f"bare   c={concurrency} #{round_no}", base))
+                ratio = ingest.result.rps / base.result.rps if base.result.rps else 0.0
+                ratios.setdefault(concurrency, []).append(ratio)
+        print(
+            f"\nsingle-event track_events, {CHANNELS} channels, {args.duration:g} s per cell, "
+            f"INGEST_MAX_CONCURRENT_INSERTS={args.inserts}"
+        )
+        print(table(["cell", "RPS", "p50 ms", "p99 ms", "CPU µs/RPC", "RPCs", "errors"], rows))
+        print("\ningest / bare RPS (per round; median)")
+        for concurrency, values in ratios.items():
+            listed = ", ".join(f"{v:.2f}" for v in values)
+            print(f"  c={concurrency}: {listed}; median {statistics.median(values):.2f}")
+        await channels.close()
+        server.stop()  # graceful: what is in flight completes first
+        rows_stored, distinct = stored_rows(tmp / "ingest")
+        verdict = "ok" if rows_stored == distinct == acknowledged else "MISMATCH"
+        print(
+            f"\nacknowledged STORED: {acknowledged:,}; in ClickHouse: {rows_stored:,} rows, "
+            f"{distinct:,} distinct ids: {verdict} (an event that failed or timed out "
+            f"at the client may be stored without an acknowledgement: see errors)"
+        )
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:

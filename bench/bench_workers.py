@@ -34,20 +34,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import secrets
 import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator, Coroutine
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvloop
 from _common import (
-    MCP_ROUTER,
     Channels,
     ServerProcess,
     call_many,
@@ -55,33 +51,14 @@ from _common import (
     table,
 )
 from _cpu import Cell, measure
-from _data import copy_rows, migrated_database, open_backends, unlink_matching
-from _servers import bare_server
+from _data import bench_run, copy_rows
+from _servers import bare_server, router_server
 from _workloads import experiment_id, get_experiment
 
 from mcprouter.v1 import router_service_pb2 as rs
 
 HOT_KEYS = 1_000
 CHANNELS = 8
-
-
-def router_server(name: str, workers: int, env: dict[str, str], tmp: Path) -> ServerProcess:
-    """``mcp-router serve`` with ``WORKERS=workers`` (its own DATA_DIR)."""
-    data_dir = tmp / name
-    data_dir.mkdir()
-    port = free_port()
-    env = {
-        "LISTEN_ADDRESS": f"127.0.0.1:{port}",
-        "DATA_DIR": str(data_dir),
-        "LOG_LEVEL": "WARNING",
-        "MIGRATE_ON_START": "true",
-        "SHUTDOWN_GRACE_S": "1",
-        "DRAIN_DELAY_S": "0",
-        "WORKERS": str(workers),
-        **env,
-    }
-    argv = [str(MCP_ROUTER), "serve"]
-    return ServerProcess(name, argv, env, port, tmp / f"{name}.log")
 
 
 @asynccontextmanager
@@ -139,51 +116,41 @@ async def run(args: argparse.Namespace) -> None:
         load_concurrency=args.concurrency,
         miss_rows=args.miss_rows,
     )
-    token = secrets.token_hex(4)
-    database = f"mcprouter_bench_{token}"
-    namespace = f"bench-{token}-"
-    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    with tempfile.TemporaryDirectory(prefix="bench-workers-") as folder:
-        tmp = Path(folder)
-        async with AsyncExitStack() as stack:
-            backends = await stack.enter_async_context(
-                open_backends(args.postgres_dsn, args.redis_url, tmp)
+    async with bench_run(args.postgres_dsn, args.redis_url, "workers", "-") as run:
+        tmp, dsn, namespace = run.tmp, run.dsn, run.namespace
+        common = {"POSTGRES_DSN": dsn, "REDIS_URL": run.backends.redis_url}
+        cpu_rows: list[list[object]] = []
+        load_rows: list[list[object]] = []
+        responses = tmp / "responses.json"
+        for workers in (1, 2):
+            cells = await run_workers(workers, common, namespace, plan, tmp, dsn, responses)
+            for mode in ("hit-l1", "hit-redis", "miss", "no-cache", "bare"):
+                cell = cells[("cpu", mode)]
+                cpu_rows.append(
+                    [f"{mode}, {workers} worker{'s' if workers > 1 else ''}",
+                     f"{cell.us_per_rpc:,.0f}", f"{cell.result.requests:,}",
+                     f"{cell.result.rps:,.0f}", cell.result.errors]
+                )  # fmt: skip
+            for mode in ("hit-l1", "hit-redis", "bare"):
+                cell = cells[("load", mode)]
+                r = cell.result
+                load_rows.append(
+                    [f"{mode}, {workers} worker{'s' if workers > 1 else ''}",
+                     f"{r.rps:,.0f}", f"{r.p(50) / 1000:.2f}", f"{r.p(99) / 1000:.2f}",
+                     f"{cell.cpu_s / r.elapsed_s:.2f}", f"{cell.rps_per_cpu_s:,.0f}",
+                     r.errors]
+                )  # fmt: skip
+        print(f"\n1. server CPU per RPC (GetExperiment, concurrency {plan.cpu_concurrency}, "
+              f"{CHANNELS} channels, {plan.duration_s:g} s per cell)")  # fmt: skip
+        print(table(["mode", "CPU µs/RPC", "RPCs", "RPS", "errors"], cpu_rows))
+        print(f"\n2. hit traffic at concurrency {plan.load_concurrency} over {CHANNELS} "
+              f"channels, {plan.duration_s:g} s per cell")  # fmt: skip
+        print(
+            table(
+                ["mode", "RPS", "p50 ms", "p99 ms", "server cores", "RPS/CPU-s", "errors"],
+                load_rows,
             )
-            dsn = await migrated_database(stack, backends, database)
-            stack.push_async_callback(unlink_matching, backends.redis_url, namespace + "*")
-            common = {"POSTGRES_DSN": dsn, "REDIS_URL": backends.redis_url}
-            cpu_rows: list[list[object]] = []
-            load_rows: list[list[object]] = []
-            responses = tmp / "responses.json"
-            for workers in (1, 2):
-                cells = await run_workers(workers, common, namespace, plan, tmp, dsn, responses)
-                for mode in ("hit-l1", "hit-redis", "miss", "no-cache", "bare"):
-                    cell = cells[("cpu", mode)]
-                    cpu_rows.append(
-                        [f"{mode}, {workers} worker{'s' if workers > 1 else ''}",
-                         f"{cell.us_per_rpc:,.0f}", f"{cell.result.requests:,}",
-                         f"{cell.result.rps:,.0f}", cell.result.errors]
-                    )  # fmt: skip
-                for mode in ("hit-l1", "hit-redis", "bare"):
-                    cell = cells[("load", mode)]
-                    r = cell.result
-                    load_rows.append(
-                        [f"{mode}, {workers} worker{'s' if workers > 1 else ''}",
-                         f"{r.rps:,.0f}", f"{r.p(50) / 1000:.2f}", f"{r.p(99) / 1000:.2f}",
-                         f"{cell.cpu_s / r.elapsed_s:.2f}", f"{cell.rps_per_cpu_s:,.0f}",
-                         r.errors]
-                    )  # fmt: skip
-            print(f"\n1. server CPU per RPC (GetExperiment, concurrency {plan.cpu_concurrency}, "
-                  f"{CHANNELS} channels, {plan.duration_s:g} s per cell)")  # fmt: skip
-            print(table(["mode", "CPU µs/RPC", "RPCs", "RPS", "errors"], cpu_rows))
-            print(f"\n2. hit traffic at concurrency {plan.load_concurrency} over {CHANNELS} "
-                  f"channels, {plan.duration_s:g} s per cell")  # fmt: skip
-            print(
-                table(
-                    ["mode", "RPS", "p50 ms", "p99 ms", "server cores", "RPS/CPU-s", "errors"],
-                    load_rows,
-                )
-            )
+        )
 
 
 async def run_workers(
@@ -209,7 +176,8 @@ async def run_workers(
     }
     mode_of = {"l1": "hit-l1", "redis": "hit-redis", "nocache": "no-cache"}
     for name, env in configs.items():
-        server = router_server(f"{name}-{workers}", workers, {**common, **env}, tmp)
+        settings = {"WORKERS": str(workers), **common, **env}
+        server = router_server(f"{name}-{workers}", free_port(), settings, tmp)
         async with running(server, tmp) as (proc, channels):
             print(f"{proc.name}: channels per worker pid {await workers_reached(channels)}")
             # Without a cache, one pass through every channel opens the pools.
